@@ -1,0 +1,3 @@
+"""fastcam: the MLCommons HPC DeepCAM benchmark, reference-faithful and fast."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,65 @@
+"""The ``fastcam`` command line: one entry point, one sub-command per module.
+
+Each command module exposes ``register(subparsers)``, which adds its parser and
+sets ``func`` on it. Errors a user can cause are :class:`FastcamError` and end
+as one line on stderr with a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# (module, attribute) of each command group's register function; imported
+# lazily so that `fastcam --help` does not pay for torch.
+COMMAND_MODULES = (
+    "fastcam.data.cli",
+    "fastcam.train.cli",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fastcam",
+        description="Train the MLCommons HPC DeepCAM benchmark, baseline or optimized.",
+    )
+    parser.add_argument("--version", action="version", version=_version())
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as err:  # a command group not built yet
+            if err.name == name:
+                continue
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def _version() -> str:
+    from fastcam import __version__
+
+    return f"fastcam {__version__}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    from fastcam.errors import FastcamError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except FastcamError as err:
+        print(f"fastcam: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("fastcam: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Custom kernels (installed as fastcam.kernels)."""

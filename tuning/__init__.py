@@ -1,0 +1,1 @@
+"""Hyperparameter tuning (installed as fastcam.tuning)."""
