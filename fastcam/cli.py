@@ -54,11 +54,26 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except FastcamError as err:
-        print(f"fastcam: error: {err}", file=sys.stderr)
+        print(f"fastcam: error: {one_line(err)}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         print("fastcam: interrupted", file=sys.stderr)
         return 130
+
+
+def one_line(err: Exception) -> str:
+    """The user-facing line of an error.
+
+    An error raised inside a DataLoader worker is re-raised by PyTorch with the
+    worker's whole traceback in its message; its last line is
+    ``fastcam.errors.DataError: <our message>``, which is what the user needs.
+    """
+    text = str(err).strip()
+    if "\n" not in text:
+        return text
+    last = text.splitlines()[-1]
+    prefix = f"{type(err).__module__}.{type(err).__name__}: "
+    return last[len(prefix):] if last.startswith(prefix) else last
 
 
 if __name__ == "__main__":

@@ -1,0 +1,134 @@
+"""The reference-faithful HDF5 input path (the baseline's loader).
+
+Mirrors the MLCommons reference (``data/cam_hdf5_dataset.py`` and
+``data/__init__.py::get_dataloaders``): one h5py open/read per sample,
+NumPy normalisation ``(x - minval) / (maxval - minval)``, transpose to
+channel-first; training shards through a ``DistributedSampler`` (shuffle, drop
+last), validation split across ranks so that every sample is seen exactly once
+(uneven shards allowed) with batch size 1. Files are opened inside
+``__getitem__``, so nothing HDF5 is open when DataLoader workers fork.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from fastcam.data import layout
+from fastcam.errors import DataError
+
+
+def read_sample(path: Path, channels: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Raw (H x W x C float32 data, H x W labels) of one file, or a DataError naming it."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            data = f[layout.DATA_KEY]
+            if data.ndim != 3:
+                raise DataError(f"{path}: {layout.DATA_KEY} has shape {data.shape}, expected H x W x C")
+            data = data[...] if channels is None else data[..., list(channels)]
+            label = f[layout.LABEL_KEY][...]
+    except DataError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError) as err:
+        raise DataError(f"{path}: unreadable sample ({err})") from None
+    return data, label
+
+
+def shard_validation(files: Sequence[Path], rank: int, world_size: int) -> list[Path]:
+    """The reference's ``allow_uneven_distribution`` split: a contiguous bulk
+    block per rank, then the remainder dealt round-robin. Every file lands on
+    exactly one rank."""
+    per_rank = len(files) // world_size
+    mine = list(files[rank * per_rank:(rank + 1) * per_rank])
+    mine += [files[i] for i in range(world_size * per_rank, len(files)) if i % world_size == rank]
+    return mine
+
+
+class CamDataset(Dataset):
+    """One sample per HDF5 file, normalised and transposed to C x H x W."""
+
+    def __init__(self, files: Sequence[Path], minval: np.ndarray, maxval: np.ndarray,
+                 channels: Sequence[int] | None = None, transpose: bool = True):
+        if not files:
+            raise DataError("no sample files to read")
+        self.files = list(files)
+        self.channels = None if channels is None else list(channels)
+        # Same float32 arithmetic as the reference: scale = 1 / (max - min).
+        self.shift = np.asarray(minval, dtype=np.float32).reshape(1, 1, -1)
+        self.scale = (1.0 / (np.asarray(maxval, dtype=np.float32) - np.asarray(minval, dtype=np.float32))).astype(np.float32).reshape(1, 1, -1)
+        self.transpose = transpose
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int):
+        path = self.files[index]
+        data, label = read_sample(path, self.channels)
+        if data.shape[-1] != self.shift.shape[-1]:
+            raise DataError(f"{path}: {data.shape[-1]} channels, stats file has {self.shift.shape[-1]}")
+        data = self.scale * (data - self.shift)
+        if self.transpose:
+            data = np.ascontiguousarray(np.transpose(data, (2, 0, 1)))
+        return torch.from_numpy(data), torch.from_numpy(label.astype(np.int64, copy=False)), str(path)
+
+
+@dataclass
+class Loaders:
+    train: DataLoader
+    validation: DataLoader
+    train_sampler: DistributedSampler
+    train_samples: int  # global, after drop_last sharding
+    validation_samples: int  # global
+    sample_shape: tuple[int, int]  # H, W
+
+
+def build_reference_loaders(data_dir: str | os.PathLike, *, local_batch_size: int, workers: int,
+                            rank: int = 0, world_size: int = 1, seed: int = 0,
+                            channels: Sequence[int] | None = None, pin_memory: bool = False) -> Loaders:
+    """Training and validation DataLoaders exactly as the reference builds them."""
+    minval, maxval = layout.load_stats(data_dir, None if channels is None else list(channels))
+    train_files = layout.list_files(data_dir, "train")
+    val_files = layout.list_files(data_dir, "validation")
+    train_set = CamDataset(train_files, minval, maxval, channels)
+    sampler = DistributedSampler(train_set, num_replicas=world_size, rank=rank, shuffle=True,
+                                 seed=seed, drop_last=True)
+    if len(sampler) < local_batch_size:
+        raise DataError(
+            f"{layout.split_dir(data_dir, 'train')}: {len(train_files)} training files give "
+            f"{len(sampler)} per rank, fewer than the local batch size {local_batch_size}")
+    # The reference uses min(max_inter_threads, local_batch_size) workers.
+    num_workers = min(workers, local_batch_size)
+    train = DataLoader(train_set, batch_size=local_batch_size, sampler=sampler, num_workers=num_workers,
+                       pin_memory=pin_memory, drop_last=True)
+    val_set = CamDataset(shard_validation(val_files, rank, world_size), minval, maxval, channels) \
+        if len(val_files) >= world_size else _too_few_validation(data_dir, len(val_files), world_size)
+    validation = DataLoader(val_set, batch_size=1, shuffle=False, num_workers=num_workers,
+                            pin_memory=pin_memory, drop_last=False)
+    height, width = _sample_hw(train_files[0])
+    return Loaders(train, validation, sampler, len(sampler) * world_size, len(val_files), (height, width))
+
+
+def _too_few_validation(data_dir, count: int, world_size: int):
+    raise DataError(f"{layout.split_dir(data_dir, 'validation')}: {count} validation files "
+                    f"for {world_size} ranks; every rank needs at least one")
+
+
+def _sample_hw(path: Path) -> tuple[int, int]:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            shape = f[layout.DATA_KEY].shape
+    except (OSError, KeyError) as err:
+        raise DataError(f"{path}: unreadable sample ({err})") from None
+    if len(shape) != 3:
+        raise DataError(f"{path}: {layout.DATA_KEY} has shape {shape}, expected H x W x C")
+    return int(shape[0]), int(shape[1])

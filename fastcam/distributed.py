@@ -1,0 +1,373 @@
+"""Rank wire-up and the distributed helpers the training loop uses.
+
+The launch scripts of the MLCommons reference (deepcam ``utils/comm.py``) wire
+ranks up from launcher environment variables: ``nccl-slurm`` (SLURM_PROCID,
+SLURM_NTASKS, SLURM_LAUNCH_NODE_IPADDR, port 29500), ``nccl-slurm-pmi``
+(PMI_RANK), ``nccl-openmpi`` (OMPI_COMM_WORLD_*) and ``mpi``. fastcam keeps
+those names and semantics, adds torchrun's variables (``env``) and detection
+(``auto``), and fixes the known problems: it never reads PMIX_RANK (not always
+set under Slurm), never wraps a single process in DDP, never gives DDP device
+ids on CPU, and uses gloo whenever it runs on CPU whatever the method is called.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.parallel import DistributedDataParallel
+
+from fastcam.errors import ConfigError
+
+DEFAULT_MASTER_PORT = 29500  # the reference's (and torch's) default
+METHODS = ("auto", "nccl-slurm", "nccl-slurm-pmi", "nccl-openmpi", "mpi", "env", "local", "single")
+DDP_BUCKET_CAP_MB = 25
+DDP_BUCKET_CAP_MB_BN_GROUPS = 220  # the reference's value when batchnorm groups > 1
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Where this process sits in the job; ``backend`` is None when no process group exists."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    local_size: int
+    num_nodes: int
+    backend: str | None
+    method: str
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+@dataclass(frozen=True)
+class _Wiring:
+    """What the launcher says about this process (before any process group exists)."""
+
+    rank: int
+    world_size: int
+    local_rank: int | None
+    local_size: int | None
+    master_addr: str | None
+    master_port: int
+
+
+def detect_method(environ: Mapping[str, str] | None = None) -> str:
+    """The wire-up method ``auto`` resolves to for this environment."""
+    env = os.environ if environ is None else environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return "env"
+    if "PMI_RANK" in env and ("SLURM_NTASKS" in env or "SLURM_JOB_ID" in env):
+        return "nccl-slurm-pmi"
+    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
+        return "nccl-slurm"
+    if "OMPI_COMM_WORLD_RANK" in env:
+        return "nccl-openmpi"
+    return "single"
+
+
+def select_backend(device_type: str) -> str:
+    """nccl for CUDA, gloo on CPU -- whatever the wire-up method is called."""
+    if device_type == "cuda":
+        return "nccl"
+    if device_type == "cpu":
+        return "gloo"
+    raise ConfigError(f"device type must be 'cuda' or 'cpu', not {device_type!r}")
+
+
+def _require(env: Mapping[str, str], name: str, method: str) -> str:
+    value = env.get(name, "").strip()
+    if not value:
+        raise ConfigError(f"distributed method {method!r} needs the environment variable {name}, which is not set")
+    return value
+
+
+def _int_var(env: Mapping[str, str], name: str, method: str) -> int:
+    value = _require(env, name, method)
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"environment variable {name}={value!r} is not an integer (method {method!r})") from None
+
+
+def _first_int(env: Mapping[str, str], names: tuple[str, ...], method: str) -> int | None:
+    """The first of ``names`` that is set, as an integer (None when none is set)."""
+    for name in names:
+        if env.get(name, "").strip():
+            if name == "SLURM_TASKS_PER_NODE":
+                return _tasks_per_node(env[name])
+            return _int_var(env, name, method)
+    return None
+
+
+def _tasks_per_node(value: str) -> int:
+    """First count of Slurm's compressed SLURM_TASKS_PER_NODE, e.g. '4(x2),3' -> 4."""
+    match = re.match(r"\s*(\d+)", value)
+    if match is None:
+        raise ConfigError(f"environment variable SLURM_TASKS_PER_NODE={value!r} is not a Slurm task count")
+    return int(match.group(1))
+
+
+_LOCAL_SIZE_VARS = ("SLURM_NTASKS_PER_NODE", "SLURM_TASKS_PER_NODE", "OMPI_COMM_WORLD_LOCAL_SIZE", "LOCAL_WORLD_SIZE")
+
+
+def _local_size_vars(method: str) -> tuple[str, ...]:
+    """The launcher's own variable first: torchrun inside a Slurm job sees Slurm's per-node count too."""
+    own = {"env": "LOCAL_WORLD_SIZE", "nccl-openmpi": "OMPI_COMM_WORLD_LOCAL_SIZE"}.get(method)
+    return ((own,) if own else ()) + tuple(name for name in _LOCAL_SIZE_VARS if name != own)
+
+
+def _master_port(env: Mapping[str, str], master_port: int | None, method: str) -> int:
+    if master_port is not None:
+        return master_port
+    if env.get("MASTER_PORT", "").strip():
+        return _int_var(env, "MASTER_PORT", method)
+    return DEFAULT_MASTER_PORT
+
+
+def _openmpi_master(env: Mapping[str, str]) -> str:
+    if env.get("MASTER_ADDR", "").strip():
+        return env["MASTER_ADDR"].strip()
+    # The reference takes the host of the PMIx server URI ("pmix-server.1234;tcp4://10.0.0.1:5678").
+    uri = env.get("PMIX_SERVER_URI2", "")
+    if "//" in uri:
+        return uri.split("//", 1)[1].split(":", 1)[0]
+    return _require(env, "MASTER_ADDR", "nccl-openmpi")
+
+
+def _wiring_from_env(method: str, env: Mapping[str, str], master_port: int | None) -> _Wiring:
+    if method == "nccl-slurm":
+        rank, size = _int_var(env, "SLURM_PROCID", method), _int_var(env, "SLURM_NTASKS", method)
+        local_rank = _first_int(env, ("SLURM_LOCALID",), method)
+    elif method == "nccl-slurm-pmi":
+        rank = _int_var(env, "PMI_RANK", method)
+        size = _first_int(env, ("PMI_SIZE", "SLURM_NTASKS"), method)
+        if size is None:
+            _require(env, "PMI_SIZE", method)  # raises, naming the variable
+        local_rank = _first_int(env, ("SLURM_LOCALID", "MPI_LOCALRANKID", "PMI_LOCAL_RANK"), method)
+    elif method == "nccl-openmpi":
+        rank, size = _int_var(env, "OMPI_COMM_WORLD_RANK", method), _int_var(env, "OMPI_COMM_WORLD_SIZE", method)
+        local_rank = _first_int(env, ("OMPI_COMM_WORLD_LOCAL_RANK",), method)
+    elif method == "env":
+        rank, size = _int_var(env, "RANK", method), _int_var(env, "WORLD_SIZE", method)
+        local_rank = _first_int(env, ("LOCAL_RANK",), method)
+    else:
+        raise ConfigError(f"unknown distributed method {method!r}; choose one of {', '.join(METHODS)}")
+    assert size is not None
+    addr = None
+    if size > 1:  # a one-task job needs no rendezvous
+        if method in ("nccl-slurm", "nccl-slurm-pmi"):
+            addr = _require(env, "SLURM_LAUNCH_NODE_IPADDR", method)
+        elif method == "nccl-openmpi":
+            addr = _openmpi_master(env)
+        else:
+            addr = _require(env, "MASTER_ADDR", method)
+            _require(env, "MASTER_PORT", method)
+    local_size = _first_int(env, _local_size_vars(method), method)
+    return _Wiring(rank, size, local_rank, local_size, addr, _master_port(env, master_port, method))
+
+
+def _wiring_from_mpi(master_port: int | None) -> _Wiring:
+    try:
+        from mpi4py import MPI  # optional: only the 'mpi' method needs it
+    except ImportError:
+        raise ConfigError("distributed method 'mpi' needs the mpi4py package (pip install mpi4py)") from None
+    comm = MPI.COMM_WORLD
+    rank, size = comm.Get_rank(), comm.Get_size()
+    node_comm = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    # Rank 0 hosts torch's rendezvous store, so everyone connects to its host.
+    own_addr = os.environ.get("MASTER_ADDR", "").strip() or socket.gethostname()
+    addr = comm.bcast(own_addr if rank == 0 else None, root=0)
+    port = comm.bcast(_master_port(os.environ, master_port, "mpi") if rank == 0 else None, root=0)
+    return _Wiring(rank, size, node_comm.Get_rank(), node_comm.Get_size(), addr, port)
+
+
+def _tcp_url(addr: str, port: int) -> str:
+    host = f"[{addr}]" if ":" in addr and not addr.startswith("[") else addr  # IPv6 literal
+    return f"tcp://{host}:{port}"
+
+
+def init_distributed(
+    method: str = "auto",
+    device_type: str = "cpu",
+    master_port: int | None = None,
+    timeout: timedelta | None = None,
+) -> DistContext:
+    """Wire this process up; creates the default process group when world size > 1.
+
+    ``master_port`` overrides MASTER_PORT (default 29500) except for ``env``,
+    where torchrun owns the rendezvous store. On CUDA the current device is
+    set to the local rank (modulo visible devices) before the group exists.
+    """
+    if method not in METHODS:
+        raise ConfigError(f"unknown distributed method {method!r}; choose one of {', '.join(METHODS)}")
+    backend = select_backend(device_type)
+    resolved = detect_method() if method == "auto" else method
+    if resolved in ("local", "single"):
+        wiring = _Wiring(0, 1, 0, 1, None, DEFAULT_MASTER_PORT)
+    elif resolved == "mpi":
+        wiring = _wiring_from_mpi(master_port)
+    else:
+        wiring = _wiring_from_env(resolved, os.environ, master_port)
+    if wiring.world_size < 1 or not 0 <= wiring.rank < wiring.world_size:
+        raise ConfigError(
+            f"method {resolved!r} gave rank {wiring.rank} for world size {wiring.world_size}; "
+            "the rank must lie in [0, world size)"
+        )
+    local_size = min(max(wiring.local_size or wiring.world_size, 1), wiring.world_size)
+    local_rank = wiring.local_rank if wiring.local_rank is not None else wiring.rank % local_size
+    if device_type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("device type 'cuda' was requested but no CUDA device is available")
+        # As the reference's get_local_rank: works with all GPUs visible or one per rank.
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+    if wiring.world_size > 1:
+        init_method = "env://" if resolved == "env" else _tcp_url(wiring.master_addr or "", wiring.master_port)
+        kwargs: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
+        dist.init_process_group(
+            backend=backend, init_method=init_method, rank=wiring.rank, world_size=wiring.world_size, **kwargs
+        )
+        barrier_ids = [torch.cuda.current_device()] if backend == "nccl" else None
+        dist.barrier(device_ids=barrier_ids)  # the reference's barrier: all ranks are up before anything else
+    return DistContext(
+        rank=wiring.rank,
+        world_size=wiring.world_size,
+        local_rank=local_rank,
+        local_size=local_size,
+        num_nodes=-(-wiring.world_size // local_size),  # ceil: a last, partly filled node still counts
+        backend=backend if wiring.world_size > 1 else None,
+        method=resolved,
+    )
+
+
+def shutdown(ctx: DistContext) -> None:
+    """Destroy the process group, if this run created one."""
+    if ctx.backend is not None and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(ctx: DistContext) -> None:
+    if ctx.is_distributed:
+        dist.barrier(device_ids=[torch.cuda.current_device()] if ctx.backend == "nccl" else None)
+
+
+def all_reduce_sum(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """Sum ``tensor`` over all ranks, in place; returns it for convenience."""
+    if ctx.is_distributed:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def broadcast_object(obj: Any, ctx: DistContext, src: int = 0) -> Any:
+    """Rank ``src``'s (picklable) ``obj`` on every rank."""
+    if not ctx.is_distributed:
+        return obj
+    box = [obj if ctx.rank == src else None]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def wrap_model(model: nn.Module, ctx: DistContext, device: torch.device, bn_group_size: int = 1) -> nn.Module:
+    """DDP as the reference configures it; a single process gets its model back unwrapped."""
+    if not ctx.is_distributed:
+        return model
+    device_ids = None  # DDP rejects device ids for CPU modules
+    if device.type == "cuda":
+        device_ids = [device.index if device.index is not None else torch.cuda.current_device()]
+    return DistributedDataParallel(
+        model,
+        device_ids=device_ids,
+        bucket_cap_mb=DDP_BUCKET_CAP_MB_BN_GROUPS if bn_group_size > 1 else DDP_BUCKET_CAP_MB,
+        broadcast_buffers=False,
+    )
+
+
+def batchnorm_group_ranks(world_size: int, group_size: int) -> list[list[int]]:
+    """Consecutive rank groups of ``group_size``: (8, 4) -> [[0, 1, 2, 3], [4, 5, 6, 7]]."""
+    if group_size < 1:
+        raise ConfigError(f"batchnorm group size must be >= 1, not {group_size}")
+    if world_size % group_size:
+        raise ConfigError(
+            f"batchnorm group size {group_size} does not divide the number of ranks ({world_size})"
+        )
+    return [list(range(start, start + group_size)) for start in range(0, world_size, group_size)]
+
+
+def create_batchnorm_group(ctx: DistContext, group_size: int) -> dist.ProcessGroup:
+    """This rank's batchnorm group. Every rank creates every group, in the same order, as new_group requires."""
+    own = None
+    for ranks in batchnorm_group_ranks(ctx.world_size, group_size):
+        group = dist.new_group(ranks=ranks)
+        if ctx.rank in ranks:
+            own = group
+    assert own is not None
+    return own
+
+
+def convert_batchnorm(model: nn.Module, ctx: DistContext, group_size: int, device: torch.device) -> nn.Module:
+    """SyncBatchNorm within consecutive groups of ``group_size`` ranks; group size 1 leaves the model as is."""
+    batchnorm_group_ranks(ctx.world_size, group_size)  # validates before any collective call
+    if group_size == 1:
+        return model
+    if device.type != "cuda":
+        raise ConfigError(
+            f"batchnorm group size {group_size} needs SyncBatchNorm, which PyTorch supports only on CUDA; "
+            "use batchnorm group size 1 on CPU"
+        )
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model, process_group=create_batchnorm_group(ctx, group_size))
+
+
+def average_batchnorm_stats(model: nn.Module, ctx: DistContext) -> None:
+    """Average BatchNorm running means and variances over all ranks (one all-reduce per dtype)."""
+    if not ctx.is_distributed:
+        return
+    buffers: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+    for module in model.modules():
+        if isinstance(module, _BatchNorm):
+            for stat in (module.running_mean, module.running_var):
+                if stat is not None:
+                    buffers.setdefault((stat.device, stat.dtype), []).append(stat)
+    with torch.no_grad():
+        for tensors in buffers.values():
+            flat = _flatten_dense_tensors(tensors)
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+            flat /= ctx.world_size
+            for stat, averaged in zip(tensors, _unflatten_dense_tensors(flat, tensors)):
+                stat.copy_(averaged)
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def describe_platform(ctx: DistContext, device: torch.device) -> str:
+    """The ``submission_platform`` string, e.g. '4 nodes x 4 NVIDIA H100 80GB HBM3'."""
+    nodes = f"{ctx.num_nodes} node{'s' if ctx.num_nodes != 1 else ''}"
+    if device.type == "cuda":
+        return f"{nodes} x {ctx.local_size} {torch.cuda.get_device_name(device)}"
+    processes = f"{ctx.local_size} process{'es' if ctx.local_size != 1 else ''}"
+    return f"{nodes} x {processes}, CPU: {_cpu_model()}"

@@ -1,0 +1,39 @@
+"""DeepCAM's accuracy: per-sample mean-class IoU, empty unions count as 1.
+
+Same definition as the reference's ``utils/metric.py::compute_score``: for each
+sample and class, tp/fp/fn of the argmax prediction, ``iou = tp/(tp+fp+fn)``
+(1 where the union is empty), averaged over classes, then over samples. The
+reference loops over classes with four boolean masks each; we build each
+sample's C x C confusion matrix with one ``bincount`` instead.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def confusion_matrices(prediction: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """N x C x C counts, ``[n, p, g]`` = pixels of sample n predicted p with truth g."""
+    n = labels.shape[0]
+    pred = prediction.reshape(n, -1).long()
+    truth = labels.reshape(n, -1).long()
+    sample_offset = torch.arange(n, device=labels.device).unsqueeze(1) * (num_classes * num_classes)
+    index = sample_offset + pred * num_classes + truth
+    counts = torch.bincount(index.reshape(-1), minlength=n * num_classes * num_classes)
+    return counts.reshape(n, num_classes, num_classes)
+
+
+def per_sample_iou(prediction: torch.Tensor, labels: torch.Tensor, num_classes: int = 3) -> torch.Tensor:
+    """Mean-class IoU of each sample (length-N float64 tensor)."""
+    cm = confusion_matrices(prediction, labels, num_classes).double()
+    tp = torch.diagonal(cm, dim1=1, dim2=2)
+    predicted = cm.sum(dim=2)  # tp + fp per class
+    actual = cm.sum(dim=1)  # tp + fn per class
+    union = predicted + actual - tp
+    iou = torch.where(union > 0, tp / union.clamp_min(1), torch.ones_like(tp))
+    return iou.mean(dim=1)
+
+
+def iou_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Batch mean of the per-sample IoU of ``argmax(logits)`` (a 0-dim tensor)."""
+    return per_sample_iou(logits.argmax(dim=1), labels, logits.shape[1]).mean()

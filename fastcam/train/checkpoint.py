@@ -1,0 +1,131 @@
+"""Checkpoints: the reference's content plus what exact resumption needs.
+
+The reference saves ``{"step", "epoch", "model", "optimizer"}`` (model keys
+possibly prefixed ``module.`` by DDP) as ``<prefix>_step_<N>.cpt``. fastcam
+writes the same keys, with the model in the reference's key names, so either
+tool can read the other's checkpoints, and adds ``scheduler``, ``grad_scaler``,
+``rng`` (torch CPU/CUDA, NumPy, Python) and ``config`` (the hyperparameters,
+checked on resume). Files are written to a temp file, fsynced and renamed, so
+a crash never leaves a half-written checkpoint in place of a good one.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fastcam.errors import CheckpointError
+from fastcam.model import load_reference_state_dict, to_reference_state_dict
+
+FORMAT = "fastcam-checkpoint-1"
+
+
+def rng_state() -> dict[str, Any]:
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save(path: str | os.PathLike, *, model, optimizer, scheduler, grad_scaler, step: int, epoch: int,
+         hyperparameters: dict[str, Any], seed: int) -> Path:
+    """Write atomically; returns the final path."""
+    payload = {
+        "format": FORMAT,
+        "step": step,
+        "epoch": epoch,
+        "model": to_reference_state_dict(model),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "grad_scaler": grad_scaler.state_dict() if grad_scaler is not None else None,
+        "rng": rng_state(),
+        "hyperparameters": hyperparameters,
+        "seed": seed,
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a fastcam or reference checkpoint onto the CPU, safely."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        # weights_only=True refuses arbitrary pickled code. NumPy's and
+        # Python's RNG states need a few extra safe globals.
+        with torch.serialization.safe_globals(_numpy_rng_globals()):
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path}: corrupt or unreadable checkpoint ({first})") from None
+    if not isinstance(payload, dict) or "model" not in payload:
+        raise CheckpointError(f"{path}: not a DeepCAM checkpoint (no 'model' entry)")
+    return payload
+
+
+def restore(payload: dict[str, Any], path, *, model, optimizer, scheduler, grad_scaler,
+            hyperparameters: dict[str, Any]) -> tuple[int, int]:
+    """Load ``payload`` into the run; returns (step, epoch) it was taken at."""
+    saved = payload.get("hyperparameters")
+    if saved is not None:
+        for key in sorted(set(saved) | set(hyperparameters)):
+            if saved.get(key) != hyperparameters.get(key):
+                raise CheckpointError(
+                    f"{path}: checkpoint was written with {key}={saved.get(key)!r}, "
+                    f"this run has {key}={hyperparameters.get(key)!r}")
+    load_reference_state_dict(model, payload["model"])
+    try:
+        optimizer.load_state_dict(payload["optimizer"])
+    except (ValueError, KeyError, RuntimeError) as err:
+        raise CheckpointError(f"{path}: optimizer state does not match this run ({err})") from None
+    step, epoch = int(payload.get("step", 0)), int(payload.get("epoch", 0))
+    if scheduler is not None:
+        if payload.get("scheduler") is not None:
+            scheduler.load_state_dict(payload["scheduler"])
+        else:  # a reference checkpoint: replay the schedule to its step
+            for _ in range(step):
+                scheduler.step()
+    if grad_scaler is not None and payload.get("grad_scaler"):
+        grad_scaler.load_state_dict(payload["grad_scaler"])
+    if payload.get("rng") is not None:
+        set_rng_state(payload["rng"])
+    return step, epoch
+
+
+def _numpy_rng_globals() -> list:
+    names = [np.dtype, np.ndarray, type(np.dtype(np.uint32))]
+    core = getattr(np, "_core", None) or np.core  # NumPy 2 renamed np.core
+    names.append(core.multiarray._reconstruct)
+    return names

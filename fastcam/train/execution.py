@@ -1,0 +1,111 @@
+"""How the one network is executed: every optimization, applied from here.
+
+The model module (fastcam.model) knows nothing about devices, precision,
+memory format, compilation or distribution. This module turns a config's
+``optimizations`` into an :class:`Execution` for one device and applies it, in
+this documented order:
+
+1. cuDNN autotuning (a global switch; before anything touches cuDNN);
+2. device placement and memory format (channels-last) of the model;
+3. batchnorm groups (SyncBatchNorm, distributed; fastcam.distributed);
+4. the optimizer, fused where asked (it must see the final parameters);
+5. DDP wrapping (never for a single process; fastcam.distributed);
+6. ``torch.compile`` of the wrapped model (compile after DDP lets
+   DDPOptimizer split graphs at bucket boundaries);
+7. autocast + GradScaler around each step (``Execution.autocast``).
+
+Baseline mode is simply every switch off (fp32, NCHW, eager, plain optimizer).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+from fastcam.config import Config
+from fastcam.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Execution:
+    device: torch.device
+    channels_last: bool
+    autocast_dtype: torch.dtype | None  # None: fp32, no autocast
+    grad_scaler: bool  # float16 needs loss scaling
+    fused_optimizer: bool
+    compile: bool
+    compile_mode: str
+    cudnn_benchmark: bool
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+    def autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+    def switches(self) -> dict[str, object]:
+        """What the MLPerf log records about how the network ran."""
+        return {
+            "device": str(self.device),
+            "channels_last": self.channels_last,
+            "precision": {None: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[self.autocast_dtype],
+            "grad_scaler": self.grad_scaler,
+            "fused_optimizer": self.fused_optimizer,
+            "compile": self.compile_mode if self.compile else "off",
+            "cudnn_benchmark": self.cudnn_benchmark,
+        }
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {name} requested but CUDA is not available")
+        if name == "cuda":
+            return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return torch.device(name)
+
+
+def resolve_execution(config: Config, device: torch.device) -> Execution:
+    opt = config.optimizations
+    precision = opt.precision
+    if precision == "auto":  # fp16 + GradScaler on CUDA (fastest measured), fp32 on CPU
+        precision = "fp16" if device.type == "cuda" else "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError("precision fp16 needs CUDA; use bf16 or fp32 on CPU")
+    dtype = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    return Execution(
+        device=device,
+        channels_last=opt.channels_last,
+        autocast_dtype=dtype,
+        grad_scaler=dtype is torch.float16,
+        fused_optimizer=opt.fused_optimizer,
+        compile=opt.compile,
+        compile_mode=opt.compile_mode,
+        cudnn_benchmark=opt.cudnn_benchmark and device.type == "cuda",
+    )
+
+
+def place_model(model: torch.nn.Module, execution: Execution) -> torch.nn.Module:
+    """Steps 1-2: global switches, device and memory format."""
+    torch.backends.cudnn.benchmark = execution.cudnn_benchmark
+    return model.to(device=execution.device, memory_format=execution.memory_format)
+
+
+def compile_model(model: torch.nn.Module, execution: Execution) -> torch.nn.Module:
+    """Step 6."""
+    if not execution.compile:
+        return model
+    return torch.compile(model, mode=execution.compile_mode)
+
+
+def place_batch(inputs: torch.Tensor, labels: torch.Tensor, execution: Execution):
+    non_blocking = execution.device.type == "cuda"
+    inputs = inputs.to(execution.device, non_blocking=non_blocking).contiguous(memory_format=execution.memory_format)
+    return inputs, labels.to(execution.device, non_blocking=non_blocking)

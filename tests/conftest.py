@@ -1,0 +1,42 @@
+"""Shared fixtures: tiny data sets written with real h5py, in the real layout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from fastcam.data import layout
+
+
+def write_random_dataset(root: Path, n_train: int, n_validation: int, height: int = 32, width: int = 48,
+                         seed: int = 0) -> Path:
+    """Random fields and labels (not learnable: for I/O tests only)."""
+    rng = np.random.default_rng(seed)
+    for split, count in (("train", n_train), ("validation", n_validation)):
+        (root / split).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            with h5py.File(root / split / f"data-{i:06d}.h5", "w") as f:
+                f[layout.DATA_KEY] = rng.normal(size=(height, width, layout.NUM_CHANNELS)).astype(np.float32) * 10
+                f[layout.LABEL_KEY] = rng.integers(0, 3, size=(height, width)).astype(np.int32)
+    with h5py.File(root / layout.STATS_FILE, "w") as f:
+        f[layout.MINVAL_KEY] = np.full(layout.NUM_CHANNELS, -50.0, dtype=np.float32)
+        f[layout.MAXVAL_KEY] = np.full(layout.NUM_CHANNELS, 50.0, dtype=np.float32)
+    return root
+
+
+@pytest.fixture
+def random_dataset(tmp_path):
+    return write_random_dataset(tmp_path / "data", n_train=12, n_validation=7)
+
+
+@pytest.fixture(autouse=True)
+def _few_threads():
+    # The CI machine has 2 cores; intra-op threading on tiny tensors only adds overhead.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
