@@ -40,3 +40,13 @@ def _few_threads():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def tiny_synthetic(tmp_path_factory):
+    """A learnable synthetic data set from the real generator, 32 x 48 pixels."""
+    from fastcam.data.synth import synthesize
+
+    root = tmp_path_factory.mktemp("synthetic") / "data"
+    synthesize(root, 16, 5, height=32, width=48, seed=11, workers=1, progress=False)
+    return root

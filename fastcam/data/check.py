@@ -3,8 +3,8 @@
 Two passes. The header pass opens *every* sample file (cheap: metadata only)
 and checks that ``climate/data`` and ``climate/labels_0`` exist, that the data
 is H x W x 16 float32 and the labels an H x W integer array, that every file
-has the same shapes and dtypes, and that no contiguous dataset reaches past
-the end of the file (a truncated copy). The value pass fully reads up to
+has the same shapes and dtypes; HDF5 itself refuses a truncated file at open
+(its superblock records the end of file). The value pass fully reads up to
 ``max_files`` files per split (spread evenly over the split, first and last
 included; default 16, ``None`` for all) and checks that all data values are
 finite and all labels in {0, 1, 2}. ``stats.h5`` must pass
@@ -103,27 +103,11 @@ def read_header(path: Path) -> Header:
                 datasets.append(f[key])
             data, labels = datasets
             contiguous = all(d.chunks is None and d.compression is None for d in datasets)
-            file_size = os.path.getsize(path)
-            for dataset in datasets:
-                _check_extent(path, dataset, file_size)
             return Header(data.shape, data.dtype, labels.shape, labels.dtype, contiguous)
     except DataError:
         raise
     except (OSError, KeyError, ValueError, RuntimeError) as err:
         raise DataError(f"{path}: not a readable HDF5 sample file ({_one_line(err)})") from None
-
-
-def _check_extent(path: Path, dataset, file_size: int) -> None:
-    """A contiguous dataset that ends past EOF means the file was cut short."""
-    if dataset.chunks is not None or dataset.size == 0:
-        return
-    offset = dataset.id.get_offset()
-    if offset is None:
-        raise DataError(f"{path}: dataset '{dataset.name.lstrip('/')}' has no data written")
-    end = offset + dataset.id.get_storage_size()
-    if end > file_size:
-        raise DataError(f"{path}: truncated: '{dataset.name.lstrip('/')}' ends at byte {end}, "
-                        f"the file has {file_size}")
 
 
 def _check_header(path: Path, header: Header, reference: tuple[Path, Header] | None) -> None:
@@ -139,9 +123,12 @@ def _check_header(path: Path, header: Header, reference: tuple[Path, Header] | N
                         f"expected {header.data_shape[:2]} to match the data")
     if reference is not None:
         first_path, first = reference
-        if (header.data_shape, header.label_dtype) != (first.data_shape, first.label_dtype):
-            raise DataError(f"{path}: data {header.data_shape} / labels {header.label_dtype} differ "
-                            f"from {first.data_shape} / {first.label_dtype} in {first_path}")
+        if header.data_shape != first.data_shape:
+            raise DataError(f"{path}: '{layout.DATA_KEY}' shape {header.data_shape} differs from "
+                            f"{first.data_shape} in {first_path}; all files must match")
+        if header.label_dtype != first.label_dtype:
+            raise DataError(f"{path}: '{layout.LABEL_KEY}' dtype {header.label_dtype} differs from "
+                            f"{first.label_dtype} in {first_path}; all files must match")
     else:
         height, width = header.data_shape[:2]
         if height % 16 or width % 16:

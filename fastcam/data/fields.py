@@ -5,8 +5,8 @@ longitude 0..360 east. Every length is in degrees, never pixels, so a sample
 at 192 x 288 has the same class frequencies as one at 768 x 1152.
 
 Smooth random fields are iid Gaussian nodes on a coarse lat-lon lattice,
-blended by separable cubic B-spline weights (two small matrix products per
-field: cheap, vectorised, periodic in longitude). Features are added on their
+blended by separable cubic B-spline weights (4-tap gathers and multiply-adds
+per axis: cheap, vectorised, periodic in longitude). Features are added on their
 own bounding patch only. Labels mark where a feature's own normalised anomaly
 (times 1 + ragged noise) exceeds a threshold: weak features go unlabelled and
 edges are ragged, like TECA's heuristic labels.
@@ -61,39 +61,65 @@ def make_grid(height: int, width: int) -> Grid:
     return Grid(height, width, lat, lon)
 
 
-@functools.lru_cache(maxsize=32)
-def _bspline_matrix(size: int, nodes: int, periodic: bool) -> np.ndarray:
-    """(size x nodes) cubic B-spline weights of each pixel on a node lattice."""
+@functools.lru_cache(maxsize=64)
+def _bspline_taps(size: int, nodes: int, periodic: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(4 x size) indices and weights of the lattice nodes blended into each of
+    ``size`` evenly spread points by a cubic B-spline."""
     if periodic:
         t = (np.arange(size) + 0.5) * nodes / size
-    else:  # one spare node beyond each end, so every pixel has 4 neighbours
+    else:  # one spare node beyond each end, so every point has 4 neighbours
         t = 1.0 + (np.arange(size) + 0.5) * (nodes - 3) / size
     base = np.floor(t).astype(np.int64)
     u = t - base
-    weights = ((1 - u) ** 3 / 6, (3 * u**3 - 6 * u**2 + 4) / 6,
-               (-3 * u**3 + 3 * u**2 + 3 * u + 1) / 6, u**3 / 6)
-    matrix = np.zeros((size, nodes))
-    rows = np.arange(size)
-    for k, weight in enumerate(weights):
-        index = base - 1 + k
-        np.add.at(matrix, (rows, index % nodes if periodic else index), weight)
-    matrix = matrix.astype(F32)
-    matrix.flags.writeable = False
-    return matrix
+    weights = np.stack(((1 - u) ** 3 / 6, (3 * u**3 - 6 * u**2 + 4) / 6,
+                        (-3 * u**3 + 3 * u**2 + 3 * u + 1) / 6, u**3 / 6)).astype(F32)
+    index = base[None, :] - 1 + np.arange(4)[:, None]
+    if periodic:
+        index %= nodes
+    index.flags.writeable = weights.flags.writeable = False  # shared by the cache
+    return index, weights
 
 
-def smooth_noise(rng: np.random.Generator, grid: Grid, count: int, scale_deg: float) -> np.ndarray:
-    """(count, H, W) float32 smooth fields of about unit variance, features ~scale_deg wide."""
-    rows = _bspline_matrix(grid.height, max(4, round(180.0 / scale_deg) + 3), False)
-    cols = _bspline_matrix(grid.width, max(4, round(360.0 / scale_deg)), True)
-    nodes = rng.standard_normal((count * rows.shape[1], cols.shape[1]), dtype=F32)
-    # Longitude first (the lattice has fewer rows than columns), then one 2-D
-    # GEMM per field: numpy's batched matmul with tiny inner sizes is ~10x slower.
-    along_lon = (nodes @ cols.T).reshape(count, rows.shape[1], grid.width)
-    fields = np.empty((count, grid.height, grid.width), F32)
-    for index in range(count):
-        np.matmul(rows, along_lon[index], out=fields[index])
-    fields *= F32(1.0 / _BSPLINE_STD)
+def _resample(values: np.ndarray, taps: tuple[np.ndarray, np.ndarray], axis: int) -> np.ndarray:
+    """Blend ``values`` along ``axis`` with 4-tap weights: gathers and
+    multiply-adds only. Not BLAS: a GEMM's result can depend on its thread
+    count and kernel choice, and the data set must be bit-identical for any
+    number of workers (threaded OpenBLAS was also 80x slower on tiny GEMMs
+    on a loaded machine)."""
+    index, weight = taps
+    shape = [1] * values.ndim
+    shape[axis] = -1
+    out = np.take(values, index[0], axis=axis)
+    out *= weight[0].reshape(shape)
+    term = np.empty_like(out)
+    for k in range(1, 4):
+        np.take(values, index[k], axis=axis, out=term)
+        term *= weight[k].reshape(shape)
+        out += term
+    return out
+
+
+def _lattice_shape(scale_deg: float) -> tuple[int, int]:
+    return max(4, round(180.0 / scale_deg) + 3), max(4, round(360.0 / scale_deg))
+
+
+def smooth_noise(rng: np.random.Generator, grid: Grid, count: int, scales_deg: tuple[float, ...]) -> np.ndarray:
+    """(count, H, W) float32 smooth fields of about unit variance: one octave
+    per scale (coarsest first, features ~scale degrees wide), summed on the
+    finest lattice and blended to pixels once."""
+    lattice = None
+    for scale in scales_deg:
+        rows, cols = _lattice_shape(scale)
+        nodes = rng.standard_normal((count, rows, cols), dtype=F32)
+        if lattice is not None:
+            coarse = _resample(lattice, _bspline_taps(cols, lattice.shape[2], True), axis=2)
+            coarse = _resample(coarse, _bspline_taps(rows, lattice.shape[1], False), axis=1)
+            nodes += coarse  # a smooth octave keeps its std (~0.48) through the blend below
+        lattice = nodes
+    assert lattice is not None, "need at least one scale"
+    wide = _resample(lattice, _bspline_taps(grid.width, lattice.shape[2], True), axis=2)
+    fields = _resample(wide, _bspline_taps(grid.height, lattice.shape[1], False), axis=1)
+    fields *= F32(1 / (_BSPLINE_STD * math.sqrt(len(scales_deg))))  # each octave adds ~0.48 std
     return fields
 
 
@@ -116,11 +142,10 @@ def background(grid: Grid, rng: np.random.Generator) -> Fields:
     lat = grid.lat
     cos2 = np.cos(np.radians(lat)) ** 2
     alat = np.abs(lat)
-    large = smooth_noise(rng, grid, 8, 40.0) * F32(0.7) + smooth_noise(rng, grid, 8, 12.0) * F32(0.7)
+    large = smooth_noise(rng, grid, 8, (40.0, 12.0))
     n_temp, n_pres, n_u, n_v, n_moist, n_topo, n_upper, n_u2 = large
-    detail = smooth_noise(rng, grid, 3, 3.0)
-    rain, moist_detail, wind_detail = detail
-    ragged = smooth_noise(rng, grid, 1, 1.0)[0]
+    rain, moist_detail, wind_detail = smooth_noise(rng, grid, 3, (3.0,))
+    ragged = smooth_noise(rng, grid, 1, (1.0,))[0]
 
     fields = Fields(np.empty((NUM_CHANNELS, grid.height, grid.width), F32), None, None, ragged)
     topography = np.clip(F32(2500.0) * np.maximum(n_topo - F32(0.9), 0) ** F32(1.3), 0, 5500)
@@ -162,7 +187,9 @@ def finish(fields: Fields, rng: np.random.Generator) -> None:
         shift = 1 + CH[name] * 7
         fields[name][:, shift:] += amplitude * white[:, :-shift]
         fields[name][:, :shift] += amplitude * white[:, -shift:]
-    np.maximum(fields["TMQ"], 0.1, out=fields["TMQ"])
+    # Saturate above ~55 kg/m2 so the column never exceeds ~75, like CAM5's TMQ.
+    tmq = fields["TMQ"]
+    tmq[...] = np.where(tmq > 55, 55 + 20 * np.tanh((tmq - 55) / 20), np.maximum(tmq, 0.1))
 
 
 def _patch(grid: Grid, lat_lo: float, lat_hi: float, lon_lo: float, lon_hi: float):
@@ -186,11 +213,14 @@ def add_cyclone(fields: Fields, grid: Grid, labels: np.ndarray, lat0: float, lon
     dx = (lon - F32(lon0)) * F32(coslat)
     r2 = dx**2 + dy**2
     core = np.exp(r2 * F32(-0.5 / size**2))
-    # Gaussian vortex: tangential wind peaks (vmax) at radius rm; counter-
-    # clockwise in the northern hemisphere, clockwise in the southern.
-    rm = 0.7 * size
+    # Smooth Rankine-like vortex v = vmax 2x / (1 + x^2), x = r / rm: cyclonic
+    # (positive relative vorticity) out to 2 sizes, beyond any labelled pixel;
+    # tapered to 0 at the patch edge. Counter-clockwise in the northern
+    # hemisphere, clockwise in the southern. spin = v / r.
+    rm = 0.5 * size
     vmax = 15 + 35 * strength
-    spin = F32(math.copysign(vmax / rm, lat0)) * np.exp(F32(0.5) - r2 * F32(0.5 / rm**2))
+    taper = np.clip((F32(reach) - np.sqrt(r2)) / F32(1.5 * size), 0, 1)
+    spin = F32(math.copysign(2 * vmax / rm, lat0)) / (1 + r2 * F32(1 / rm**2)) * (taper * taper * (3 - 2 * taper))
     u, v = -spin * dy, spin * dx
     for name, delta in (("PSL", -(1500 + 5000 * strength) * core), ("U850", u), ("V850", v),
                         ("UBOT", 0.8 * u), ("VBOT", 0.8 * v), ("T500", 4 * strength * core),

@@ -15,7 +15,6 @@ half-written ``data-*.h5``; ``stats.h5`` is written last.
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing
 import os
 import time
@@ -135,25 +134,6 @@ def default_workers() -> int:
     return max(1, min(os.cpu_count() or 1, MAX_DEFAULT_WORKERS))
 
 
-@contextlib.contextmanager
-def _single_threaded_blas() -> Iterator[None]:
-    """Spawned workers inherit these: with N processes on N cores, threaded BLAS
-    only oversubscribes (measured: a 768x7 @ 7x1152 GEMM took 16 ms threaded
-    under load, 0.2 ms single-threaded)."""
-    names = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
-    saved = {name: os.environ.get(name) for name in names}
-    for name in names:
-        os.environ.setdefault(name, "1")
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
 def _run(tasks: list[_Task], workers: int) -> Iterator[_Result]:
     if workers == 1:  # in-process: simplest to debug, no start-up cost
         yield from map(_produce, tasks)
@@ -161,7 +141,7 @@ def _run(tasks: list[_Task], workers: int) -> Iterator[_Result]:
     # spawn, not fork: forking a parent that holds threads (BLAS, torch, tqdm's
     # monitor) can deadlock the child.
     context = multiprocessing.get_context("spawn")
-    with _single_threaded_blas(), context.Pool(workers) as pool:
+    with context.Pool(workers) as pool:
         yield from pool.imap_unordered(_produce, tasks)
 
 

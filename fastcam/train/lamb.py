@@ -119,7 +119,9 @@ class Lamb(Optimizer):
         self.foreach = bool(foreach)
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+    def step(  # type: ignore[override]
+        self, closure: Callable[[], float] | None = None
+    ) -> float | None:
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -172,7 +174,8 @@ def _clip_divisor(grads: list[Tensor], max_grad_norm: float) -> Tensor:
     for (_, dtype), same_kind in by_device_dtype.items():
         # float16/bfloat16 norms would overflow; widening is allowed, narrowing is not.
         wide = torch.float32 if dtype in _LOW_PRECISION else None
-        per_tensor += [n.to(home, norm_dtype) for n in torch._foreach_norm(same_kind, 2, dtype=wide)]
+        norms = torch._foreach_norm(same_kind, 2, dtype=wide)
+        per_tensor += [n.to(home, norm_dtype) for n in norms]
     # The norm of the per-tensor norms is the norm of all gradients together.
     global_norm = torch.linalg.vector_norm(torch.stack(per_tensor))
     return torch.where(

@@ -44,6 +44,7 @@ class EpochRecord:
     eval_loss: float
     samples_per_s: float  # training throughput of this epoch, all ranks
     elapsed_s: float  # since run_start
+    eval_samples: int  # validation samples evaluated, all ranks together
 
 
 class Callback(Protocol):
@@ -64,6 +65,7 @@ class TrainResult:
     seed: int
     checkpoint_path: Path | None
     history: list[EpochRecord] = field(default_factory=list)
+    model: torch.nn.Module | None = None  # the trained network (unwrapped), for callers and tests
 
 
 def log_path_for(config: Config) -> Path:
@@ -173,14 +175,15 @@ def _train(config: Config, ctx, device, callbacks, echo) -> TrainResult:
             logger.end("epoch_stop", metadata={**meta, "step_num": state.step})
             distributed.average_batchnorm_stats(model, ctx)
             logger.start("eval_start", metadata=meta)
-            eval_iou, eval_loss, _ = evaluate(net, loaders.validation, criterion=criterion,
+            eval_iou, eval_loss, eval_count = evaluate(net, loaders.validation, criterion=criterion,
                                               execution=execution, ctx=ctx)
             logger.event("eval_accuracy", eval_iou, {**meta, "step_num": state.step})
             logger.event("eval_loss", eval_loss, {**meta, "step_num": state.step})
             distributed.barrier(ctx)
             logger.end("eval_stop", metadata=meta)
             record = EpochRecord(epoch + 1, state.step, result.loss, result.iou, eval_iou, eval_loss,
-                                 result.samples / train_s if train_s > 0 else 0.0, time.perf_counter() - run_start)
+                                 result.samples / train_s if train_s > 0 else 0.0, time.perf_counter() - run_start,
+                                 eval_count)
             history.append(record)
             say(_epoch_line(record, run.max_epochs))
             if (epoch + 1) % hp.save_frequency == 0 and ctx.is_main:
@@ -211,7 +214,7 @@ def _train(config: Config, ctx, device, callbacks, echo) -> TrainResult:
     best = max((r.eval_iou for r in history), default=float("nan"))
     result = TrainResult(reached_at is not None, last_epoch, best,
                          None if reached_at is None else reached_at / 60, total_s / 60, log_path, seed, last_ckpt,
-                         history)
+                         history, model)
     say(_summary(result, run.target_iou))
     return result
 

@@ -1,0 +1,136 @@
+"""Real short training runs on the real generator's data: the MLPerf log,
+exact resumption, a 2-rank gloo run, and bad input at the command line."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastcam.cli import main
+from fastcam.compliance import failed_keys, run_checker
+from fastcam.model import to_reference_state_dict
+from fastcam.train import checkpoint
+from fastcam.train.cli import parse_train_config
+from fastcam.train.trainer import train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def baseline_args(data, out, *extra):
+    base = ["--mode", "baseline", "--data_dir_prefix", str(data), "--output_dir", str(out),
+            "--max_inter_threads", "0", "--device", "cpu", "--seed", "7"]
+    return base + list(extra)  # argparse: a later flag overrides an earlier one
+
+
+def test_two_epoch_baseline_log_passes_the_official_checker(tiny_synthetic, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["train", *baseline_args(tiny_synthetic, out, "--max_epochs", "2", "--run_tag", "ckr")]) == 0
+    lines = capsys.readouterr().out
+    assert "epoch   1/2" in lines and "epoch   2/2" in lines and "not reached" in lines
+    log = out / "logs" / "ckr.log"
+    result = run_checker(log)
+    # Synthetic data cannot have the real set's sizes nor reach 0.82: nothing else may fail.
+    assert failed_keys(result) == {"train_samples", "eval_samples", "eval_accuracy"}, result.output
+    events = [json.loads(line.split(":::MLLOG ", 1)[1]) for line in log.read_text().splitlines()]
+    keys = [e["key"] for e in events]
+    assert keys.count("eval_accuracy") == 2 and keys[-1] == "run_stop"
+    assert events[-1]["metadata"]["status"] == "aborted"
+    assert {e["metadata"]["epoch_num"] for e in events if e["key"] == "eval_accuracy"} == {1, 2}
+    assert (out / "model_last.cpt").is_file()
+
+
+def test_resume_is_bitwise_exact(tiny_synthetic, tmp_path):
+    straight = train(parse_train_config(baseline_args(tiny_synthetic, tmp_path / "a", "--max_epochs", "2")))
+    first = train(parse_train_config(baseline_args(tiny_synthetic, tmp_path / "b", "--max_epochs", "1")))
+    resumed = train(parse_train_config(baseline_args(
+        tiny_synthetic, tmp_path / "c", "--max_epochs", "2", "--checkpoint", str(first.checkpoint_path))))
+    a, c = to_reference_state_dict(straight.model), to_reference_state_dict(resumed.model)
+    assert a.keys() == c.keys()
+    assert all(torch.equal(a[k], c[k]) for k in a)
+    assert [r.epoch for r in resumed.history] == [2]
+    assert resumed.history[0].eval_iou == straight.history[1].eval_iou
+    # And the run really trained: epoch 1's weights differ from epoch 2's.
+    b = to_reference_state_dict(first.model)
+    assert not all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_checkpoint_is_reference_compatible_and_corruption_is_reported(tiny_synthetic, tmp_path, capsys):
+    result = train(parse_train_config(baseline_args(tiny_synthetic, tmp_path / "a", "--max_epochs", "1")))
+    payload = checkpoint.load(result.checkpoint_path)
+    assert {"model", "optimizer", "step", "epoch"} <= set(payload)
+    assert "xception_features.conv1.weight" in payload["model"]
+    # A checkpoint with different hyperparameters is refused, naming the key.
+    rc = main(["train", *baseline_args(tiny_synthetic, tmp_path / "b", "--max_epochs", "2", "--open-division",
+                                       "--start_lr", "0.5", "--checkpoint", str(result.checkpoint_path))])
+    assert rc != 0 and "start_lr" in capsys.readouterr().err
+    broken = tmp_path / "broken.cpt"
+    broken.write_bytes(result.checkpoint_path.read_bytes()[:1000])
+    rc = main(["train", *baseline_args(tiny_synthetic, tmp_path / "c", "--checkpoint", str(broken))])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc != 0 and len(err) == 1 and "corrupt" in err[0] and "broken.cpt" in err[0]
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])  # 2: the error comes from a DataLoader worker process
+def test_bad_data_is_one_clear_line(tmp_path, capsys, workers):
+    from conftest import write_random_dataset
+    import h5py
+
+    data = write_random_dataset(tmp_path / "d", n_train=8, n_validation=2)
+    bad = data / "train" / "data-000003.h5"
+    bad.write_bytes(b"\0" * 100)
+    rc = main(["train", *baseline_args(data, tmp_path / "o", "--max_epochs", "1", "--max_inter_threads", workers)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc != 0 and len(err) == 1 and "data-000003.h5" in err[0], err
+    assert "Traceback" not in err[0]
+    (data / "stats.h5").unlink()
+    rc = main(["train", *baseline_args(data, tmp_path / "o2", "--max_epochs", "1")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc != 0 and len(err) == 1 and "stats" in err[0]
+
+
+DRIVER = textwrap.dedent("""
+    import json, sys, torch
+    from fastcam.train.cli import parse_train_config
+    from fastcam.train.trainer import train
+    from fastcam.model import to_reference_state_dict
+    torch.set_num_threads(1)
+    result = train(parse_train_config(sys.argv[2:]))
+    torch.save(to_reference_state_dict(result.model), sys.argv[1] + ".pt")
+    json.dump([[r.eval_iou, r.eval_samples, r.step] for r in result.history], open(sys.argv[1] + ".json", "w"))
+""")
+
+
+@pytest.mark.slow
+def test_two_rank_gloo_run_keeps_ranks_identical(tiny_synthetic, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER)
+    procs = []
+    for rank in range(2):
+        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
+               "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        args = baseline_args(tiny_synthetic, tmp_path / "out", "--max_epochs", "2", "--wireup_method", "env",
+                             "--run_tag", "two")
+        procs.append(subprocess.Popen([sys.executable, str(driver), str(tmp_path / f"rank{rank}"), *args],
+                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    w0, w1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
+    assert all(torch.equal(w0[k], w1[k]) for k in w0), "ranks diverged"
+    h0, h1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2))
+    assert h0 == h1  # same eval IoU on both ranks
+    assert all(count == 5 for _, count, _ in h0)  # 5 validation files, each seen exactly once overall
+    assert [step for *_, step in h0] == [1, 2]  # 16 files / 2 ranks / batch 8 = 1 step per epoch
+    log = (tmp_path / "out" / "logs" / "two.log").read_text()
+    assert '"global_batch_size", "value": 16' in log
+    assert not (tmp_path / "out" / "logs" / "two.log.1").exists()
+    assert failed_keys(run_checker(tmp_path / "out" / "logs" / "two.log")) == {
+        "train_samples", "eval_samples", "eval_accuracy"}
