@@ -16,6 +16,9 @@ import sys
 COMMAND_MODULES = (
     "fastcam.data.cli",
     "fastcam.train.cli",
+    "fastcam.tuning.cli",
+    "fastcam.compare.cli",
+    "fastcam.bench",
 )
 
 
