@@ -26,7 +26,8 @@ OPTIMIZERS = ("Adam", "AdamW", "LAMB")
 SCHEDULES = ("multistep", "cosine_annealing")
 WIREUP_METHODS = ("auto", "single", "env", "nccl-slurm", "nccl-slurm-pmi", "nccl-openmpi", "mpi")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")  # auto: fp16 on CUDA, fp32 on CPU
-LOADERS = ("hdf5", "staged", "dali")
+LOADERS = ("hdf5", "staged")  # hdf5: the reference reader; staged: fastcam.data.staged
+SWITCH = ("auto", "on", "off")  # auto: on where it pays on the device (see fastcam.train.execution)
 
 
 @dataclass
@@ -76,7 +77,7 @@ class RunSettings:
     max_inter_threads: int = 4  # loader workers (the reference uses min(this, local batch))
     max_epochs: int = 200
     target_iou: float = 0.82
-    stage_dir: str | None = None
+    stage_dir: str | None = None  # node-local cache for the staged loader; None: OUTPUT_DIR/staged
 
     def validate(self) -> None:
         _choice("wireup_method", self.wireup_method, WIREUP_METHODS)
@@ -144,13 +145,14 @@ class Optimizations:
     channels_last: bool = False
     precision: str = "fp32"
     fused_optimizer: bool = False
-    compile: bool = False
+    compile: str = "off"
     compile_mode: str = "default"
     cudnn_benchmark: bool = False
     loader: str = "hdf5"
 
     def validate(self) -> None:
         _choice("precision", self.precision, PRECISIONS)
+        _choice("compile", self.compile, SWITCH)
         _choice("loader", self.loader, LOADERS)
         _choice("compile_mode", self.compile_mode, ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
 
@@ -228,7 +230,8 @@ def optimized() -> Config:
             lr_warmup_factor=1.0,
             lr_schedule=Schedule(type="cosine_annealing", t_max=9000, eta_min=0.0),
         ),
-        optimizations=Optimizations(channels_last=True, precision="auto", fused_optimizer=True, loader="hdf5"),
+        optimizations=Optimizations(channels_last=True, precision="auto", fused_optimizer=True, compile="auto",
+                                    cudnn_benchmark=True, loader="staged"),
     ).validate()
 
 

@@ -1,4 +1,4 @@
-"""The ``fastcam data`` command group: ``synth`` and ``check``.
+"""The ``fastcam data`` command group: ``synth``, ``check`` and ``stage``.
 
 Heavy imports (numpy, h5py) happen inside the handlers so that
 ``fastcam --help`` stays fast.
@@ -46,6 +46,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     check.set_defaults(func=_run_check)
 
+    stage = actions.add_parser(
+        "stage", help="stage this rank's shards into a float16 cache for the optimized loader",
+        description="Convert this rank's training shard and validation shard of SRC into "
+                    "normalised float16 inputs (height-width-channel) and uint8 labels in DST "
+                    "(node-local disk), in parallel; resumable, verified, reused when up to date.")
+    stage.add_argument("src", metavar="SRC", help="data set directory (train/, validation/, stats.h5)")
+    stage.add_argument("dst", metavar="DST", help="staging directory (node-local)")
+    stage.add_argument("--rank", type=int, default=0, help="this rank (default 0)")
+    stage.add_argument("--world-size", "--world_size", dest="world_size", type=int, default=1,
+                       help="number of ranks (default 1)")
+    stage.add_argument("--workers", type=int, default=None,
+                       help="staging processes (default min(cpu count, 8))")
+    stage.add_argument("--channels", type=int, nargs="+", default=None,
+                       help="input channels to keep (default all 16)")
+    stage.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    stage.set_defaults(func=_run_stage)
+
 
 def _run_synth(args: argparse.Namespace) -> int:
     from fastcam.data.synth import synthesize
@@ -70,4 +87,21 @@ def _run_check(args: argparse.Namespace) -> int:
     summary = check_dataset(args.root, max_files=max_files, progress=args.progress)
     print(summary.format_table())
     print("OK")
+    return 0
+
+
+def _run_stage(args: argparse.Namespace) -> int:
+    from fastcam.data.stage import stage_dataset
+
+    summary = stage_dataset(args.src, args.dst, rank=args.rank, world_size=args.world_size,
+                            workers=args.workers, progress=args.progress, channels=args.channels)
+    for split in summary.splits:
+        state = ("up to date, reused" if split.reused else
+                 f"staged {split.staged}" + (f", {split.reverified} kept from an interrupted run"
+                                             if split.reverified else ""))
+        print(f"{split.split}: {split.count} samples in {split.directory} "
+              f"({split.nbytes / 1e6:.1f} MB): {state}")
+    rate = summary.staged / max(summary.seconds, 1e-9)
+    print(f"rank {summary.rank} of {summary.world_size}: {summary.seconds:.1f} s"
+          + (f", {rate:.2f} samples/s with {summary.workers} worker(s)" if summary.staged else ""))
     return 0

@@ -12,9 +12,10 @@ last), validation split across ranks so that every sample is seen exactly once
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -22,6 +23,10 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from fastcam.data import layout
 from fastcam.errors import DataError
+
+# The reference's default is 4 workers, which torch warns about on small
+# hosts (it suggests one per core); the count is the user's explicit choice.
+warnings.filterwarnings("ignore", message="This DataLoader will create", category=UserWarning)
 
 
 def read_sample(path: Path, channels: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -82,12 +87,17 @@ class CamDataset(Dataset):
 
 @dataclass
 class Loaders:
-    train: DataLoader
-    validation: DataLoader
-    train_sampler: DistributedSampler
+    """What the trainer needs from an input pipeline (reference or staged)."""
+
+    train: Iterable
+    validation: Iterable
+    train_sampler: Any  # anything with set_epoch(epoch): reshuffles the training shard
     train_samples: int  # global, after drop_last sharding
     validation_samples: int  # global
     sample_shape: tuple[int, int]  # H, W
+
+    def set_epoch(self, epoch: int) -> None:
+        self.train_sampler.set_epoch(epoch)
 
 
 def build_reference_loaders(data_dir: str | os.PathLike, *, local_batch_size: int, workers: int,

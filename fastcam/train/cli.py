@@ -26,8 +26,8 @@ HYPER_FLAGS = {
     "gradient_accumulation_frequency": int, "logging_frequency": int, "batchnorm_group_size": int,
 }
 LIST_FLAGS = {"optimizer_betas": float, "channels": int}
-OPT_FLAGS = {"precision": str, "compile_mode": str, "loader": str}
-OPT_SWITCHES = ("channels_last", "fused_optimizer", "compile", "cudnn_benchmark")
+OPT_FLAGS = {"precision": str, "compile": str, "compile_mode": str, "loader": str}
+OPT_SWITCHES = ("channels_last", "fused_optimizer", "cudnn_benchmark")
 
 
 def register(subparsers) -> None:

@@ -22,14 +22,11 @@ import torch
 
 from fastcam import distributed, guard
 from fastcam.config import Config
-from fastcam.data.reader import build_reference_loaders
-from fastcam.loss import WeightedCrossEntropy
-from fastcam.model import build_model
 from fastcam.train import checkpoint, mlperf
-from fastcam.train.execution import compile_model, place_model, resolve_device, resolve_execution
+from fastcam.train.inputs import build_loaders
+from fastcam.train.execution import resolve_device
 from fastcam.train.loop import StepState, evaluate, train_epoch
-from fastcam.train.optim import build_optimizer
-from fastcam.train.schedule import build_scheduler
+from fastcam.train.setup import build_components, warm_up
 
 ORG = "fastcam"
 
@@ -104,15 +101,9 @@ def _train(config: Config, ctx, device, callbacks, echo) -> TrainResult:
         if resume is not None and run.seed is None and resume.get("seed") is not None:
             seed = int(resume["seed"])  # a resumed run continues its own seed
         torch.manual_seed(seed)
-        execution = resolve_execution(config, device)
-
-        model = place_model(build_model(len(hp.channels), 3), execution)
-        model = distributed.convert_batchnorm(model, ctx, hp.batchnorm_group_size, device)
-        optimizer = build_optimizer(model.parameters(), hp.optimizer, hp.start_lr, betas=tuple(hp.optimizer_betas),
-                                    eps=hp.optimizer_eps, weight_decay=hp.weight_decay,
-                                    fused=execution.fused_optimizer)
-        scheduler = build_scheduler(optimizer, hp.lr_schedule.as_dict(), hp.lr_warmup_steps, hp.lr_warmup_factor)
-        scaler = torch.amp.GradScaler(device.type) if execution.grad_scaler else None
+        c = build_components(config, ctx, device)
+        execution, model, net, optimizer, scheduler, scaler, criterion = (
+            c.execution, c.model, c.net, c.optimizer, c.scheduler, c.scaler, c.criterion)
         state, start_epoch = StepState(), 0
         hyper_dict = dataclasses.asdict(hp)
         if resume is not None:
@@ -120,11 +111,7 @@ def _train(config: Config, ctx, device, callbacks, echo) -> TrainResult:
                                                          scheduler=scheduler, grad_scaler=scaler,
                                                          hyperparameters=hyper_dict)
             say(f"resumed from {run.checkpoint}: epoch {start_epoch}, step {state.step}")
-        net = compile_model(distributed.wrap_model(model, ctx, device, hp.batchnorm_group_size), execution)
-        criterion = WeightedCrossEntropy().to(device)
-        loaders = build_reference_loaders(run.data_dir_prefix, local_batch_size=hp.local_batch_size,
-                                          workers=run.max_inter_threads, rank=ctx.rank, world_size=ctx.world_size,
-                                          seed=seed, channels=hp.channels, pin_memory=device.type == "cuda")
+        loaders = build_loaders(config, ctx, device, seed, logger, say)
 
         division = "open" if config.open_division else "closed"
         mlperf.log_events(logger, mlperf.submission_events(
@@ -137,6 +124,13 @@ def _train(config: Config, ctx, device, callbacks, echo) -> TrainResult:
             betas=hp.optimizer_betas, eps=hp.optimizer_eps, weight_decay=hp.weight_decay,
             schedule=hp.lr_schedule.as_dict(), warmup_steps=hp.lr_warmup_steps, warmup_factor=hp.lr_warmup_factor,
             train_samples=loaders.train_samples, eval_samples=loaders.validation_samples))
+        if execution.compile or execution.cudnn_benchmark:
+            height, width = loaders.sample_shape
+            seconds = warm_up(c, ctx, batch_size=hp.local_batch_size, channels=len(hp.channels),
+                              height=height, width=width,
+                              input_dtype=torch.float16 if config.optimizations.loader == "staged" else torch.float32)
+            say(f"warm-up (compile/autotune) took {seconds:.1f} s, outside the timed region")
+            logger.event("fastcam_warmup_seconds", round(seconds, 3))
         mlperf.log_events(logger, [("fastcam_mode", config.mode), ("fastcam_max_epochs", run.max_epochs),
                                    ("fastcam_target_iou", run.target_iou),
                                    ("fastcam_execution", execution.switches())])
@@ -162,7 +156,7 @@ def _train(config: Config, ctx, device, callbacks, echo) -> TrainResult:
             meta = {"epoch_num": epoch + 1}
             distributed.barrier(ctx)
             logger.start("epoch_start", metadata=meta)
-            loaders.train_sampler.set_epoch(epoch)
+            loaders.set_epoch(epoch)
             t0 = time.perf_counter()
             result = train_epoch(net, loaders.train, criterion=criterion, optimizer=optimizer, scheduler=scheduler,
                                  grad_scaler=scaler, execution=execution, ctx=ctx, state=state,

@@ -1,0 +1,453 @@
+"""``fastcam data stage``: this rank's shards as one compact cache on node-local disk.
+
+Layout, per split (``DST/train``, ``DST/validation``):
+
+- ``inputs.f16``: raw N x H x W x C float16, normalised exactly as the
+  reference reader does it (:class:`fastcam.data.reader.CamDataset` with the
+  ``stats.h5`` of the source), height-width-channel order, so that a batch
+  read into an N x H x W x C buffer becomes a channels-last N x C x H x W
+  tensor by ``permute(0, 3, 1, 2)``, without a copy;
+- ``labels.u8``: raw N x H x W uint8 (the labels are 0, 1, 2);
+- ``checksums.u64``: per sample ``DONE | crc32(input bytes, label bytes)``,
+  0 while the sample is not staged: the completion marker and the checksum;
+- ``index.json``: format version, shape and dtypes, the source (root, file
+  names in order with size and mtime, minval/maxval, channel selection), rank
+  and world size, whether staging is complete and how long it took.
+
+Sharding. Validation: :func:`fastcam.data.reader.shard_validation`, so every
+sample is evaluated exactly once across ranks. Training: the sorted file list
+dealt round-robin, ``files[rank::world_size]``, truncated to
+``len(files) // world_size`` so every rank has the same count. Each rank then
+trains on its fixed shard, reshuffled every epoch (:mod:`fastcam.data.staged`)
+-- what NVIDIA's MLPerf HPC DeepCAM implementation does with node-local
+staging -- instead of the reference's global reshuffle through a
+``DistributedSampler``; over the run each sample is still seen once per epoch.
+
+Float16 error. Staged value = float16(reference float32 value), nothing else
+differs. Round-to-nearest float16 has 11 significant bits, so the error is at
+most ``2**-11 * |x|`` (unit roundoff, :data:`FLOAT16_UNIT_ROUNDOFF`) for
+normal numbers and ``2**-25`` (half the smallest subnormal) below ``2**-14``.
+Training inputs lie in [0, 1] (the stats are the training set's min and max),
+hence an absolute error of at most ``2**-12 ~ 2.4e-4`` (:data:`TRAIN_MAX_ABS_ERROR`;
+the largest error is for values in [0.5, 1)). Validation values may lie slightly
+outside [0, 1]; the relative bound still holds. Labels are exact.
+
+Staging runs in spawned worker processes, each writing its samples at their
+offsets into the preallocated memory-mapped files and flushing them; the parent
+then sets and flushes the sample's checksum marker. A worker re-reads what it
+wrote and compares checksums. An interrupted staging (an error, Ctrl-C,
+SIGKILL) resumes on the next call: samples marked done are re-verified against
+their checksums, the rest are staged. A complete stage whose index matches the
+source is reused without reading anything.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import mmap
+import os
+import shutil
+import time
+import zlib
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from fastcam.data import layout
+from fastcam.data.reader import shard_validation
+from fastcam.errors import ConfigError, DataError
+
+FORMAT_VERSION = 1
+INDEX_FILE = "index.json"
+INPUTS_FILE = "inputs.f16"
+LABELS_FILE = "labels.u8"
+MARKS_FILE = "checksums.u64"
+INPUT_DTYPE = np.dtype(np.float16)
+LABEL_DTYPE = np.dtype(np.uint8)
+DONE = np.uint64(1 << 32)  # marker bit above the 32-bit crc
+FLOAT16_UNIT_ROUNDOFF = 2.0 ** -11
+FLOAT16_SUBNORMAL_ERROR = 2.0 ** -25
+TRAIN_MAX_ABS_ERROR = 2.0 ** -12
+MAX_DEFAULT_WORKERS = 8
+
+# What the reader of a cache needs; everything in the index except bookkeeping.
+_BOOKKEEPING = ("complete", "staging_seconds", "resumed")
+
+
+def train_shard(files: Sequence[Path], rank: int, world_size: int) -> list[Path]:
+    """Round-robin, equal-sized: ``files[rank::world_size][:len(files) // world_size]``."""
+    return list(files[rank::world_size])[:len(files) // world_size]
+
+
+def shard(files: Sequence[Path], split: str, rank: int, world_size: int) -> list[Path]:
+    return train_shard(files, rank, world_size) if split == "train" else shard_validation(files, rank, world_size)
+
+
+def checksum(inputs: np.ndarray | memoryview, labels: np.ndarray | memoryview) -> int:
+    return zlib.crc32(labels, zlib.crc32(inputs))
+
+
+@dataclass(frozen=True)
+class SplitStage:
+    split: str
+    directory: Path
+    count: int
+    staged: int  # samples written by this call
+    reverified: int  # samples from an interrupted call, verified and kept
+    reused: bool  # a complete stage matched the source: nothing read
+    seconds: float
+    nbytes: int  # size of the cache files
+
+
+@dataclass(frozen=True)
+class StageSummary:
+    dst: Path
+    rank: int
+    world_size: int
+    workers: int
+    seconds: float
+    splits: tuple[SplitStage, ...]
+
+    @property
+    def reused(self) -> bool:
+        return all(s.reused for s in self.splits)
+
+    @property
+    def staged(self) -> int:
+        return sum(s.staged for s in self.splits)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(s.nbytes for s in self.splits)
+
+    def split(self, name: str) -> SplitStage:
+        return next(s for s in self.splits if s.split == name)
+
+
+@dataclass
+class _Plan:
+    split: str
+    directory: Path
+    files: list[Path]
+    identity: dict
+    shape: tuple[int, int, int, int]  # N, H, W, C
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        n, h, w, c = self.shape
+        return {INPUTS_FILE: n * h * w * c * INPUT_DTYPE.itemsize, LABELS_FILE: n * h * w, MARKS_FILE: n * 8}
+
+
+def read_index(directory: str | os.PathLike) -> dict:
+    """A split's ``index.json``, or a DataError naming it."""
+    path = Path(directory) / INDEX_FILE
+    try:
+        index = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path}: missing; stage the data first (fastcam data stage SRC DST)") from None
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path}: unreadable staging index ({err})") from None
+    if not isinstance(index, dict) or index.get("format_version") != FORMAT_VERSION:
+        raise DataError(f"{path}: not a format-{FORMAT_VERSION} staging index; stage the data again")
+    return index
+
+
+def stage_dataset(src: str | os.PathLike, dst: str | os.PathLike, *, rank: int = 0, world_size: int = 1,
+                  workers: int | None = None, progress: bool = True, channels: Sequence[int] | None = None,
+                  on_sample: Callable[[str, int], None] | None = None) -> StageSummary:
+    """Stage this rank's training and validation shards of ``src`` into ``dst``.
+
+    ``channels`` selects input channels (the reference's ``--channels``; default
+    all). ``on_sample(split, index)`` is called in this process after each
+    sample is written, verified and marked done (for tests; raising stops staging).
+    """
+    from tqdm import tqdm
+
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ConfigError(f"--rank {rank} --world-size {world_size}: need 0 <= rank < world size")
+    if workers is not None and workers < 1:
+        raise ConfigError(f"--workers {workers}: must be >= 1")
+    start = time.perf_counter()
+    channel_list = None if channels is None else [int(c) for c in channels]
+    minval, maxval = layout.load_stats(src, channel_list)
+    stats = (tuple(minval.tolist()), tuple(maxval.tolist()), None if channel_list is None else tuple(channel_list))
+    plans = [_plan(Path(src), Path(dst), split, rank, world_size, channel_list, minval, maxval)
+             for split in layout.SPLITS]
+    todo = [p for p in plans if not _is_complete(p)]
+    marks = {p.split: _prepare(p) for p in todo}
+    verify = [_Task("verify", p.split, str(p.directory), int(i), str(p.files[i]), p.shape[1:], stats,
+                    int(marks[p.split][i])) for p in todo for i in np.flatnonzero(marks[p.split])]
+    default = max(1, min(os.cpu_count() or 1, MAX_DEFAULT_WORKERS))
+    workers = max(1, min(workers or default, len(verify) + sum(p.shape[0] for p in todo)))
+    staged = {p.split: 0 for p in plans}
+    reverified = {p.split: 0 for p in plans}
+    try:
+        with _Pool(workers) as pool:
+            with tqdm(total=len(verify), desc="verify", unit="sample", disable=not progress or not verify) as bar:
+                for task, ok in pool.run(verify):
+                    if ok:
+                        reverified[task.split] += 1
+                    else:  # changed since it was marked done: stage it again
+                        _set_mark(marks[task.split], task.index, 0)
+                    bar.update()
+            tasks = [_Task("stage", p.split, str(p.directory), int(i), str(p.files[i]), p.shape[1:], stats, 0)
+                     for p in todo for i in np.flatnonzero(marks[p.split] == 0)]
+            with tqdm(total=len(tasks), desc="stage", unit="sample", disable=not progress) as bar:
+                for task, crc in pool.run(tasks):
+                    _set_mark(marks[task.split], task.index, int(DONE) | crc)
+                    staged[task.split] += 1
+                    bar.update()
+                    if on_sample is not None:
+                        on_sample(task.split, task.index)
+    finally:
+        for array in marks.values():
+            array.flush()
+        marks.clear()
+    seconds = time.perf_counter() - start
+    pending = {p.split for p in todo}
+    for plan in todo:
+        _write_index(plan.directory, {**plan.identity, "complete": True, "staging_seconds": round(seconds, 3),
+                                      "resumed": reverified[plan.split] > 0})
+    splits = tuple(SplitStage(p.split, p.directory, p.shape[0], staged[p.split], reverified[p.split],
+                              p.split not in pending, seconds, sum(p.sizes.values())) for p in plans)
+    return StageSummary(Path(dst), rank, world_size, workers, seconds, splits)
+
+
+def _plan(src: Path, dst: Path, split: str, rank: int, world_size: int, channels: list[int] | None,
+          minval: np.ndarray, maxval: np.ndarray) -> _Plan:
+    files = layout.list_files(src, split)
+    if len(files) < world_size:
+        raise DataError(f"{layout.split_dir(src, split)}: {len(files)} {split} files for {world_size} ranks; "
+                        "every rank needs at least one")
+    mine = shard(files, split, rank, world_size)
+    height, width, _ = _header_shape(mine[0])
+    channel_count = len(minval)  # the reader checks each file's channel count against the stats
+    shape = (len(mine), height, width, channel_count)
+    identity = {
+        "format_version": FORMAT_VERSION, "split": split, "rank": rank, "world_size": world_size,
+        "count": len(mine), "global_samples": len(mine) * world_size if split == "train" else len(files),
+        "inputs": {"file": INPUTS_FILE, "dtype": INPUT_DTYPE.name, "shape": list(shape), "order": "NHWC"},
+        "labels": {"file": LABELS_FILE, "dtype": LABEL_DTYPE.name, "shape": list(shape[:3])},
+        "checksums": {"file": MARKS_FILE, "dtype": "uint64", "meaning": "0: not staged; 2**32 | crc32(inputs, labels)"},
+        "sharding": "round-robin files[rank::world_size], truncated to len(files) // world_size"
+                    if split == "train" else "fastcam.data.reader.shard_validation (every file on one rank)",
+        "source": {"root": str(src.resolve()), "files": [_file_identity(p) for p in mine],
+                   "channels": channels, "minval": minval.tolist(), "maxval": maxval.tolist()},
+    }
+    return _Plan(split, dst / split, mine, identity, shape)
+
+
+def _file_identity(path: Path) -> list:
+    try:
+        info = path.stat()
+    except OSError as err:
+        raise DataError(f"{path}: cannot stat sample ({err})") from None
+    return [path.name, info.st_size, info.st_mtime_ns]
+
+
+def _header_shape(path: Path) -> tuple[int, int, int]:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            shape = f[layout.DATA_KEY].shape
+    except (OSError, KeyError, ValueError) as err:
+        raise DataError(f"{path}: unreadable sample ({err})") from None
+    if len(shape) != 3:
+        raise DataError(f"{path}: {layout.DATA_KEY} has shape {shape}, expected H x W x C")
+    return int(shape[0]), int(shape[1]), int(shape[2])
+
+
+def _matches(plan: _Plan) -> dict | None:
+    """The existing index when it describes exactly this plan and its files have the right sizes."""
+    try:
+        index = read_index(plan.directory)
+    except DataError:
+        return None
+    if {k: v for k, v in index.items() if k not in _BOOKKEEPING} != plan.identity:
+        return None
+    for name, size in plan.sizes.items():
+        path = plan.directory / name
+        if not path.is_file() or path.stat().st_size != size:
+            return None
+    return index
+
+
+def _is_complete(plan: _Plan) -> bool:
+    index = _matches(plan)
+    return bool(index and index.get("complete"))
+
+
+def _prepare(plan: _Plan) -> np.memmap:
+    """Open (resume) or create the cache files of an incomplete split; returns the marks."""
+    if _matches(plan) is None:
+        _create(plan)
+    try:
+        return np.memmap(plan.directory / MARKS_FILE, dtype=np.uint64, mode="r+", shape=(plan.shape[0],))
+    except (OSError, ValueError) as err:
+        raise DataError(f"{plan.directory / MARKS_FILE}: cannot open ({err})") from None
+
+
+def _create(plan: _Plan) -> None:
+    directory = plan.directory
+    try:
+        if directory.exists() and not directory.is_dir():
+            raise DataError(f"{directory}: exists and is not a directory")
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / INDEX_FILE).unlink(missing_ok=True)  # first: an index never describes stale files
+        for name in plan.sizes:
+            (directory / name).unlink(missing_ok=True)
+        needed, free = sum(plan.sizes.values()), shutil.disk_usage(directory).free
+        if needed > free:
+            raise DataError(f"{directory}: staging needs {needed / 1e9:.2f} GB, only {free / 1e9:.2f} GB free")
+        for name, size in plan.sizes.items():
+            fd = os.open(directory / name, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                # Reserve the blocks now: running out of space later would be a SIGBUS in a
+                # worker writing through its memory map. The marks file must read as zeros.
+                os.ftruncate(fd, size)
+                if hasattr(os, "posix_fallocate") and name != MARKS_FILE:
+                    os.posix_fallocate(fd, 0, size)
+            finally:
+                os.close(fd)
+        _write_index(directory, {**plan.identity, "complete": False, "staging_seconds": None, "resumed": False})
+    except OSError as err:
+        raise DataError(f"{directory}: cannot create the staging files ({err})") from None
+
+
+def _set_mark(marks: np.memmap, index: int, value: int) -> None:
+    marks[index] = np.uint64(value)
+    marks.flush()  # after the worker flushed the sample's data
+
+
+def _write_index(directory: Path, index: dict) -> None:
+    from fastcam.config import atomic_write_text
+
+    atomic_write_text(directory / INDEX_FILE, json.dumps(index, indent=1) + "\n")
+
+
+def map_file(path: Path, writable: bool) -> mmap.mmap:
+    """The whole file, memory-mapped (the caller closes it)."""
+    fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
+    try:
+        return mmap.mmap(fd, 0, access=mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ)
+    finally:
+        os.close(fd)
+
+
+# ---- worker side: one sample per task, in spawned processes (or in-process for one worker) ----
+
+@dataclass(frozen=True)
+class _Task:
+    action: str  # "stage" or "verify"
+    split: str
+    directory: str
+    index: int
+    source: str
+    sample_shape: tuple[int, int, int]  # H, W, C
+    stats: tuple  # (minval, maxval, channels), plain tuples: cheap to pickle
+    mark: int  # verify: the marker recorded for the sample
+
+
+class _Pool:
+    """Spawned worker processes (spawn, not fork: forking a parent that holds
+    threads -- BLAS, torch, tqdm's monitor -- can deadlock the child), or
+    in-process work for a single worker."""
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self.executor: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> "_Pool":
+        if self.workers > 1:
+            self.executor = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.executor is not None:  # on an error: drop queued tasks, let running ones finish
+            self.executor.shutdown(wait=True, cancel_futures=True)
+
+    def run(self, tasks: Iterable[_Task]) -> Iterator[tuple[_Task, object]]:
+        if self.executor is None:
+            yield from map(_work, tasks)
+            return
+        futures = [self.executor.submit(_work, task) for task in tasks]
+        try:
+            for future in as_completed(futures):
+                yield future.result()
+        except BrokenProcessPool:
+            # concurrent.futures reports a killed worker instead of hanging like multiprocessing.Pool.
+            raise DataError("a staging worker process died (killed or out of memory); "
+                            "run the same command again to resume") from None
+
+
+def _work(task: _Task) -> tuple[_Task, object]:
+    return task, (_verify_sample(task) if task.action == "verify" else _stage_sample(task))
+
+
+def _sample_ranges(task: _Task) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(offset, length) in bytes of the sample in the inputs and in the labels file."""
+    height, width, channels = task.sample_shape
+    inputs = height * width * channels * INPUT_DTYPE.itemsize
+    labels = height * width * LABEL_DTYPE.itemsize
+    return (task.index * inputs, inputs), (task.index * labels, labels)
+
+
+def _stage_sample(task: _Task) -> int:
+    """Read, normalise (the reference reader's code), convert, write, flush, re-read; the checksum."""
+    from fastcam.data.reader import CamDataset
+
+    source = Path(task.source)
+    minval, maxval, channels = task.stats
+    dataset = CamDataset([source], np.asarray(minval, np.float32), np.asarray(maxval, np.float32),
+                         None if channels is None else list(channels), transpose=False)
+    data, label, _ = dataset[0]
+    data, label = data.numpy(), label.numpy()
+    if data.shape != task.sample_shape or label.shape != task.sample_shape[:2]:
+        raise DataError(f"{source}: data {data.shape} and labels {label.shape} differ from the shard's "
+                        f"first file ({task.sample_shape}); all samples must have the same size")
+    if label.size and (label.min() < 0 or label.max() > np.iinfo(LABEL_DTYPE).max):
+        raise DataError(f"{source}: labels outside 0..255 cannot be staged as uint8")
+    inputs = data.astype(INPUT_DTYPE)
+    if not np.isfinite(inputs).all():
+        raise DataError(f"{source}: non-finite normalised values (or values beyond float16's range)")
+    labels = label.astype(LABEL_DTYPE)
+    expected = checksum(inputs, labels)
+    directory = Path(task.directory)
+    for name, array, (offset, length) in zip((INPUTS_FILE, LABELS_FILE), (inputs, labels), _sample_ranges(task)):
+        try:
+            mapped = map_file(directory / name, writable=True)
+        except OSError as err:
+            raise DataError(f"{directory / name}: cannot open for writing ({err})") from None
+        with mapped, memoryview(mapped) as view:
+            view[offset:offset + length] = memoryview(array).cast("B")
+            aligned = offset - offset % mmap.ALLOCATIONGRANULARITY
+            mapped.flush(aligned, offset + length - aligned)  # the data is durable before its marker
+    if _read_checksum(task) != expected:
+        raise DataError(f"{directory}: sample {task.index} ({source}) reads back differently than written")
+    return expected
+
+
+def _read_checksum(task: _Task) -> int:
+    directory = Path(task.directory)
+    (input_offset, input_length), (label_offset, label_length) = _sample_ranges(task)
+    with map_file(directory / INPUTS_FILE, writable=False) as inputs, \
+            map_file(directory / LABELS_FILE, writable=False) as labels, \
+            memoryview(inputs) as input_view, memoryview(labels) as label_view:
+        return checksum(input_view[input_offset:input_offset + input_length],
+                        label_view[label_offset:label_offset + label_length])
+
+
+def _verify_sample(task: _Task) -> bool:
+    """Whether a sample marked done still holds the bytes whose checksum was recorded."""
+    if not task.mark & int(DONE):
+        return False
+    try:
+        return _read_checksum(task) == task.mark & 0xFFFFFFFF
+    except OSError:
+        return False

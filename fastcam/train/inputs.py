@@ -1,0 +1,62 @@
+"""Choose and build the input pipeline of a run.
+
+``hdf5`` is the reference's per-sample HDF5 reader (fastcam.data.reader), the
+baseline's loader. ``staged`` first stages this rank's shards to node-local
+disk as float16/uint8 (fastcam.data.stage), logged between ``staging_start``
+and ``staging_stop`` before ``run_start`` (allowed outside the timed region
+since MLPerf HPC ruleset 3.0.0), then reads them with fastcam.data.staged.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from fastcam.config import Config
+from fastcam.data import layout
+from fastcam.data.reader import Loaders, build_reference_loaders
+
+
+def stage_root(config: Config, rank: int, world_size: int) -> Path:
+    base = Path(config.run.stage_dir) if config.run.stage_dir else Path(config.run.output_dir) / "staged"
+    return base / f"rank{rank:05d}-of-{world_size:05d}"
+
+
+def build_loaders(config: Config, ctx, device: torch.device, seed: int, logger, say) -> Loaders:
+    hp, run = config.hyperparameters, config.run
+    if config.optimizations.loader == "hdf5":
+        return build_reference_loaders(run.data_dir_prefix, local_batch_size=hp.local_batch_size,
+                                       workers=run.max_inter_threads, rank=ctx.rank, world_size=ctx.world_size,
+                                       seed=seed, channels=hp.channels, pin_memory=device.type == "cuda")
+    from fastcam import distributed
+    from fastcam.data.stage import stage_dataset
+    from fastcam.data.staged import StagedLoader
+
+    if hp.channels != list(range(layout.NUM_CHANNELS)):
+        from fastcam.errors import ConfigError
+
+        raise ConfigError("the staged loader stores all 16 channels; use --loader hdf5 with --channels")
+    root = stage_root(config, ctx.rank, ctx.world_size)
+    distributed.barrier(ctx)
+    logger.start("staging_start")
+    summary = stage_dataset(run.data_dir_prefix, root, rank=ctx.rank, world_size=ctx.world_size,
+                            workers=max(1, run.max_inter_threads), progress=ctx.is_main)
+    distributed.barrier(ctx)
+    logger.end("staging_stop", metadata={"staging_duration": getattr(summary, "seconds", None)})
+    say(f"staged this rank's shards to {root}")
+    train = StagedLoader(root, "train", batch_size=hp.local_batch_size, shuffle=True, drop_last=True, seed=seed,
+                         device=device)
+    validation = StagedLoader(root, "validation", batch_size=1, shuffle=False, drop_last=False, seed=seed,
+                              device=device)
+    if len(train) == 0:
+        from fastcam.errors import DataError
+
+        raise DataError(f"{run.data_dir_prefix}: this rank's training shard has fewer samples than the "
+                        f"local batch size {hp.local_batch_size}")
+    val_files = layout.list_files(run.data_dir_prefix, "validation")
+    train_files = layout.list_files(run.data_dir_prefix, "train")
+    per_rank = len(train_files) // ctx.world_size
+    height, width = train.sample_shape
+    return Loaders(train, validation, train, (per_rank // hp.local_batch_size) * hp.local_batch_size * ctx.world_size,
+                   len(val_files), (height, width))
