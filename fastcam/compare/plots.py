@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from fastcam.compare.runs import RunFacts
-from fastcam.compare.table import Group
+from fastcam.compare.table import Group, schedule_text
 from fastcam.errors import ConfigError, DataError
 
 ACCURACY_VS_MINUTES = "accuracy_vs_minutes.png"
@@ -19,6 +19,9 @@ ACCURACY_VS_EPOCH = "accuracy_vs_epoch.png"
 THROUGHPUT_PER_EPOCH = "throughput_per_epoch.png"
 SCALING = "scaling.png"
 _LINESTYLES = {"baseline": "-", "optimized": "--", "open": ":"}
+_TARGET_STYLES = [(0, (5, 3)), (0, (1, 2)), (0, (8, 2, 1, 2))]
+# Plots with rates this far apart (CPU next to GPU runs) use a log axis.
+_LOG_SCALE_RATIO = 20.0
 _SIZE_IN = (8.0, 4.5)
 _DPI = 100
 
@@ -43,9 +46,24 @@ def write_plots(groups: list[Group], out_dir: str | os.PathLike[str]) -> list[Pa
         _accuracy_plot(runs, out / ACCURACY_VS_EPOCH, by_minutes=False),
         _throughput_plot(runs, out / THROUGHPUT_PER_EPOCH),
     ]
-    if len({g.first.nodes for g in groups if g.first.nodes}) > 1:
-        written.append(_scaling_plot(groups, out / SCALING))
+    families = scaling_families(groups)
+    if families:
+        written.append(_scaling_plot(families, out / SCALING))
     return written
+
+
+def scaling_families(groups: list[Group]) -> list[list[Group]]:
+    """Groups equal but for the node count, where that spans more than one value
+    (sorted by nodes): what a scaling plot can compare."""
+    families: dict[tuple, list[Group]] = {}
+    for group in groups:
+        r = group.first
+        if r.nodes:
+            key = (r.run_type, r.target, r.accelerators_per_node, r.local_batch_size, r.optimizer, r.start_lr,
+                   r.weight_decay, schedule_text(r))
+            families.setdefault(key, []).append(group)
+    return [sorted(f, key=lambda g: g.first.nodes) for f in families.values()
+            if len({g.first.nodes for g in f}) > 1]
 
 
 def _figure(ncols: int = 1):
@@ -76,17 +94,21 @@ def _legend(ax, count: int) -> None:
 def _accuracy_plot(runs: list[RunFacts], path: Path, *, by_minutes: bool) -> Path:
     fig, ax = _figure()
     drawn = 0
-    for run in runs:
+    for index, run in enumerate(runs):
         points = [(p.minutes if by_minutes else p.epoch, p.accuracy) for p in run.epochs
                   if p.accuracy is not None and (p.minutes is not None or not by_minutes)]
         if not points:
             continue
         xs, ys = zip(*points)
-        ax.plot(xs, ys, marker="o", markersize=3, linestyle=_LINESTYLES.get(run.run_type, "-."), label=run.label)
+        ax.plot(xs, ys, marker="o", markersize=3, color=_color(index),
+                linestyle=_LINESTYLES.get(run.run_type, "-."), label=run.label)
         drawn += 1
-    for target in sorted({r.target for r in runs}):
-        ax.axhline(target, color="black", linewidth=1, linestyle=(0, (4, 3)), label=f"target {target:g}")
+    for index, target in enumerate(sorted({r.target for r in runs})):
+        ax.axhline(target, color="0.3", linewidth=1, linestyle=_TARGET_STYLES[index % len(_TARGET_STYLES)],
+                   label=f"target {target:g}")
         drawn += 1
+    if not by_minutes:
+        _integer_ticks(ax)
     ax.set_xlabel("wall-clock time since run_start (minutes)" if by_minutes else "epoch")
     ax.set_ylabel("validation accuracy (mean IoU)")
     ax.set_title("Validation accuracy vs " + ("wall-clock time" if by_minutes else "epoch"))
@@ -98,54 +120,69 @@ def _accuracy_plot(runs: list[RunFacts], path: Path, *, by_minutes: bool) -> Pat
 def _throughput_plot(runs: list[RunFacts], path: Path) -> Path:
     fig, ax = _figure()
     drawn = 0
-    for run in runs:
+    rates: list[float] = []
+    for index, run in enumerate(runs):
         points = [(p.epoch, p.samples_per_s) for p in run.epochs if p.samples_per_s is not None]
         if not points:
             continue
         xs, ys = zip(*points)
-        ax.plot(xs, ys, marker="o", markersize=3, linestyle=_LINESTYLES.get(run.run_type, "-."), label=run.label)
+        rates += ys
+        ax.plot(xs, ys, marker="o", markersize=3, color=_color(index),
+                linestyle=_LINESTYLES.get(run.run_type, "-."), label=run.label)
         drawn += 1
     ax.set_xlabel("epoch")
     ax.set_ylabel("training throughput (samples/s, all ranks)")
     ax.set_title("Training throughput per epoch")
-    ax.set_ylim(bottom=0)
+    if rates and min(rates) > 0 and max(rates) / min(rates) > _LOG_SCALE_RATIO:
+        ax.set_yscale("log")
+    else:
+        ax.set_ylim(bottom=0)
+    _integer_ticks(ax)
     ax.grid(True, alpha=0.3)
     _legend(ax, drawn)
     return _save(fig, path)
 
 
-def _scaling_plot(groups: list[Group], path: Path) -> Path:
+def _scaling_plot(families: list[list[Group]], path: Path) -> Path:
     fig, (left, right) = _figure(ncols=2)
-    families: dict[tuple, list[Group]] = {}
-    for group in groups:
-        r = group.first
-        if r.nodes:
-            key = (r.run_type, r.accelerators_per_node, r.local_batch_size, r.optimizer, r.start_lr)
-            families.setdefault(key, []).append(group)
-    drawn = 0
-    for (run_type, accel, local, optimizer, _lr), family in families.items():
-        family.sort(key=lambda g: g.first.nodes)
-        label = f"{run_type}, {accel}/node, local batch {local}, {optimizer}"
+    for index, family in enumerate(families):
+        r = family[0].first
+        label = (f"{r.run_type}, {_or_q(r.accelerators_per_node)}/node, local batch {_or_q(r.local_batch_size)}, "
+                 f"{r.optimizer or '?'}")
         nodes = [g.first.nodes for g in family]
-        rates = [g.median_samples_per_s for g in family]
-        if any(r is not None for r in rates):
-            line = left.plot(nodes, [r if r is not None else float("nan") for r in rates], marker="o",
-                             label=label)[0]
-            n0, s0 = nodes[0], rates[0]
-            if s0 and len(nodes) > 1:
-                left.plot(nodes, [s0 * n / n0 for n in nodes], linestyle=":", color=line.get_color(),
-                          label="ideal (linear from fewest nodes)")
-            drawn += 1
-        minutes = [g.median_minutes for g in family]
-        if any(m is not None for m in minutes):
-            right.plot(nodes, [m if m is not None else float("nan") for m in minutes], marker="o", label=label)
-    left.set_xlabel("nodes")
+        rates = [_nan(g.median_samples_per_s) for g in family]
+        left.plot(nodes, rates, marker="o", color=_color(index), label=label)
+        n0, s0 = nodes[0], family[0].median_samples_per_s
+        if s0:
+            left.plot(nodes, [s0 * n / n0 for n in nodes], linestyle=":", color=_color(index),
+                      label="ideal (linear from the fewest nodes)" if index == 0 else None)
+        right.plot(nodes, [_nan(g.median_minutes) for g in family], marker="o", color=_color(index), label=label)
     left.set_ylabel("training throughput (samples/s)")
     left.set_title("Throughput scaling (median of repeats)")
-    right.set_xlabel("nodes")
     right.set_ylabel("minutes to target")
     right.set_title("Time to target (median of repeats)")
     for ax in (left, right):
+        ax.set_xlabel("nodes")
+        ax.set_ylim(bottom=0)
         ax.grid(True, alpha=0.3)
-        _legend(ax, drawn)
+        _integer_ticks(ax)
+        _legend(ax, len(families))
     return _save(fig, path)
+
+
+def _color(index: int) -> str:
+    return f"C{index % 10}"
+
+
+def _integer_ticks(ax) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _nan(value: float | None) -> float:
+    return float("nan") if value is None else value
+
+
+def _or_q(value) -> str:
+    return "?" if value is None else str(value)

@@ -1,9 +1,9 @@
 """The benchmark's results table, from the facts of many runs.
 
 Runs with the same configuration (run type, target, nodes, accelerators per
-node, local batch, optimizer, start LR, weight decay, LR schedule) form one group:
-repeated runs, or the N / 2N / 4N runs of a scaling set (each node count its
-own group). A group reports the median, min and max of its runs' minutes to
+node, local batch, optimizer, start LR, weight decay, LR schedule) form one
+group: repeated runs, or the N / 2N / 4N runs of a scaling set (each node
+count its own group). A group reports the median, min and max of its runs' minutes to
 target over the runs that reached it (with how many did), the median epochs,
 and the median throughput.
 

@@ -92,7 +92,7 @@ class Loaders:
     train: Iterable
     validation: Iterable
     train_sampler: Any  # anything with set_epoch(epoch): reshuffles the training shard
-    train_samples: int  # global, after drop_last sharding
+    train_samples: int  # files in the training set (the MLPerf train_samples: 121266 on the real set)
     validation_samples: int  # global
     sample_shape: tuple[int, int]  # H, W
 
@@ -123,7 +123,7 @@ def build_reference_loaders(data_dir: str | os.PathLike, *, local_batch_size: in
     validation = DataLoader(val_set, batch_size=1, shuffle=False, num_workers=num_workers,
                             pin_memory=pin_memory, drop_last=False)
     height, width = _sample_hw(train_files[0])
-    return Loaders(train, validation, sampler, len(sampler) * world_size, len(val_files), (height, width))
+    return Loaders(train, validation, sampler, len(train_files), len(val_files), (height, width))
 
 
 def _too_few_validation(data_dir, count: int, world_size: int):

@@ -43,6 +43,7 @@ source is reused without reading anything.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import mmap
@@ -67,6 +68,7 @@ INDEX_FILE = "index.json"
 INPUTS_FILE = "inputs.f16"
 LABELS_FILE = "labels.u8"
 MARKS_FILE = "checksums.u64"
+LOCK_FILE = ".stage.lock"
 INPUT_DTYPE = np.dtype(np.float16)
 LABEL_DTYPE = np.dtype(np.uint8)
 DONE = np.uint64(1 << 32)  # marker bit above the 32-bit crc
@@ -165,18 +167,27 @@ def stage_dataset(src: str | os.PathLike, dst: str | os.PathLike, *, rank: int =
     ``channels`` selects input channels (the reference's ``--channels``; default
     all). ``on_sample(split, index)`` is called in this process after each
     sample is written, verified and marked done (for tests; raising stops staging).
+    Each rank needs its own ``dst`` (the cache holds one rank's shards); a
+    second staging into a ``dst`` in use is refused.
     """
-    from tqdm import tqdm
-
     if world_size < 1 or not 0 <= rank < world_size:
         raise ConfigError(f"--rank {rank} --world-size {world_size}: need 0 <= rank < world size")
     if workers is not None and workers < 1:
         raise ConfigError(f"--workers {workers}: must be >= 1")
     start = time.perf_counter()
+    with _exclusive(Path(dst)):
+        return _stage_locked(Path(src), Path(dst), rank, world_size, workers, progress, channels, on_sample, start)
+
+
+def _stage_locked(src: Path, dst: Path, rank: int, world_size: int, workers: int | None, progress: bool,
+                  channels: Sequence[int] | None, on_sample: Callable[[str, int], None] | None,
+                  start: float) -> StageSummary:
+    from tqdm import tqdm
+
     channel_list = None if channels is None else [int(c) for c in channels]
     minval, maxval = layout.load_stats(src, channel_list)
     stats = (tuple(minval.tolist()), tuple(maxval.tolist()), None if channel_list is None else tuple(channel_list))
-    plans = [_plan(Path(src), Path(dst), split, rank, world_size, channel_list, minval, maxval)
+    plans = [_plan(src, dst, split, rank, world_size, channel_list, minval, maxval)
              for split in layout.SPLITS]
     todo = [p for p in plans if not _is_complete(p)]
     marks = {p.split: _prepare(p) for p in todo}
@@ -197,7 +208,7 @@ def stage_dataset(src: str | os.PathLike, dst: str | os.PathLike, *, rank: int =
                     bar.update()
             tasks = [_Task("stage", p.split, str(p.directory), int(i), str(p.files[i]), p.shape[1:], stats, 0)
                      for p in todo for i in np.flatnonzero(marks[p.split] == 0)]
-            with tqdm(total=len(tasks), desc="stage", unit="sample", disable=not progress) as bar:
+            with tqdm(total=len(tasks), desc="stage", unit="sample", disable=not progress or not tasks) as bar:
                 for task, crc in pool.run(tasks):
                     _set_mark(marks[task.split], task.index, int(DONE) | crc)
                     staged[task.split] += 1
@@ -215,7 +226,27 @@ def stage_dataset(src: str | os.PathLike, dst: str | os.PathLike, *, rank: int =
                                       "resumed": reverified[plan.split] > 0})
     splits = tuple(SplitStage(p.split, p.directory, p.shape[0], staged[p.split], reverified[p.split],
                               p.split not in pending, seconds, sum(p.sizes.values())) for p in plans)
-    return StageSummary(Path(dst), rank, world_size, workers, seconds, splits)
+    return StageSummary(dst, rank, world_size, workers, seconds, splits)
+
+
+@contextlib.contextmanager
+def _exclusive(dst: Path) -> Iterator[None]:
+    """Hold ``DST/.stage.lock``: two processes staging into one directory would overwrite each
+    other's shards (e.g. two ranks of a node given the same directory)."""
+    import fcntl
+
+    try:
+        dst.mkdir(parents=True, exist_ok=True)
+        lock = open(dst / LOCK_FILE, "a")
+    except OSError as err:
+        raise DataError(f"{dst}: cannot create the staging directory ({err})") from None
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DataError(f"{dst}: another process is staging into this directory; "
+                            "give each rank its own staging directory") from None
+        yield
 
 
 def _plan(src: Path, dst: Path, split: str, rank: int, world_size: int, channels: list[int] | None,

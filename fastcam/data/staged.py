@@ -11,9 +11,10 @@ consumer's stream waits on that batch's copy event, and the device tensors are
 ``record_stream``-ed on it so the caching allocator does not reuse their
 memory while the model still reads them; a host buffer is refilled only after
 the event of its last copy completed. Labels are converted to int64 on the
-device (a quarter of the bytes cross the bus). Elsewhere (CPU) the same code
+device (an eighth of the bytes cross the bus). Elsewhere (CPU) the same code
 runs without pinning and without a side stream, with fresh buffers per batch,
-so that a batch the consumer keeps is never overwritten.
+so that a batch the consumer keeps is never overwritten, and the labels are
+converted to int64 in the reading threads.
 
 Inputs come out as float16 N x C x H x W in channels-last memory format (a
 permuted view of the N x H x W x C batch), labels as int64 N x H x W, names
@@ -173,22 +174,28 @@ class StagedLoader:
             pool.shutdown(wait=True, cancel_futures=True)
 
     def _allocate(self, rows: int, pinned: bool) -> _HostBatch:
+        """Pinned buffers hold uint8 labels (converted on the device); unpinned ones int64 labels,
+        converted row by row in the reading threads rather than in the consumer's."""
         shape = (rows, self.height, self.width)
         return _HostBatch(torch.empty(*shape, self.channels, dtype=torch.float16, pin_memory=pinned),
-                          torch.empty(shape, dtype=torch.uint8, pin_memory=pinned), [])
+                          torch.empty(shape, dtype=torch.uint8 if pinned else torch.int64, pin_memory=pinned), [])
 
     def _read(self, host: _HostBatch, row: int, sample: int) -> None:
         if host.copied is not None:
             host.copied.synchronize()  # the previous batch in this pinned buffer has left it
         _read_exact(self._fds[stage.INPUTS_FILE], host.inputs[row].numpy(), sample * self._input_bytes, self.directory)
-        _read_exact(self._fds[stage.LABELS_FILE], host.labels[row].numpy(), sample * self._label_bytes, self.directory)
+        labels = host.labels[row]
+        staged = labels if labels.dtype == torch.uint8 else torch.empty(labels.shape, dtype=torch.uint8)
+        _read_exact(self._fds[stage.LABELS_FILE], staged.numpy(), sample * self._label_bytes, self.directory)
+        if staged is not labels:
+            labels.copy_(staged)
 
     def _to_device(self, host: _HostBatch, rows: int, side: "torch.cuda.Stream | None"):
         inputs, labels = host.inputs[:rows], host.labels[:rows]
         if side is None:
             if self.device.type != "cpu":
                 inputs, labels = inputs.to(self.device), labels.to(self.device)
-            return inputs, labels.long(), host.names, None
+            return inputs, labels, host.names, None
         with torch.cuda.stream(side):
             inputs = inputs.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True).long()

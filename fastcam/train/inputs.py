@@ -31,7 +31,7 @@ def build_loaders(config: Config, ctx, device: torch.device, seed: int, logger, 
                                        seed=seed, channels=hp.channels, pin_memory=device.type == "cuda")
     from fastcam import distributed
     from fastcam.data.stage import stage_dataset
-    from fastcam.data.staged import StagedLoader
+    from fastcam.data.staged import build_staged_loaders
 
     if hp.channels != list(range(layout.NUM_CHANNELS)):
         from fastcam.errors import ConfigError
@@ -45,18 +45,7 @@ def build_loaders(config: Config, ctx, device: torch.device, seed: int, logger, 
     distributed.barrier(ctx)
     logger.end("staging_stop", metadata={"staging_duration": getattr(summary, "seconds", None)})
     say(f"staged this rank's shards to {root}")
-    train = StagedLoader(root, "train", batch_size=hp.local_batch_size, shuffle=True, drop_last=True, seed=seed,
-                         device=device)
-    validation = StagedLoader(root, "validation", batch_size=1, shuffle=False, drop_last=False, seed=seed,
-                              device=device)
-    if len(train) == 0:
-        from fastcam.errors import DataError
-
-        raise DataError(f"{run.data_dir_prefix}: this rank's training shard has fewer samples than the "
-                        f"local batch size {hp.local_batch_size}")
-    val_files = layout.list_files(run.data_dir_prefix, "validation")
-    train_files = layout.list_files(run.data_dir_prefix, "train")
-    per_rank = len(train_files) // ctx.world_size
-    height, width = train.sample_shape
-    return Loaders(train, validation, train, (per_rank // hp.local_batch_size) * hp.local_batch_size * ctx.world_size,
-                   len(val_files), (height, width))
+    train, validation = build_staged_loaders(root, local_batch_size=hp.local_batch_size, seed=seed, device=device)
+    # The MLPerf sample counts are the data set's, not this rank's shard.
+    return Loaders(train, validation, train, len(layout.list_files(run.data_dir_prefix, "train")),
+                   len(layout.list_files(run.data_dir_prefix, "validation")), (train.height, train.width))

@@ -1,0 +1,342 @@
+"""``fastcam compare`` on logs of real short fastcam runs, on hand-written logs in
+the MLCommons reference's and NVIDIA's formats, and on broken input."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import statistics
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from fastcam.cli import main
+from fastcam.compare.logs import collect_logs, read_log
+from fastcam.compare.runs import run_facts
+from fastcam.compare.table import group_runs, render_markdown, summary_table
+from fastcam.compliance import failed_keys, run_checker
+from fastcam.errors import DataError
+from fastcam.train.cli import parse_train_config
+from fastcam.train.trainer import train
+
+DATA = Path(__file__).parent / "data"
+REFERENCE_LOG = DATA / "reference_deepcam.log"
+NVIDIA_LOG = DATA / "nvidia_deepcam_stdout.txt"
+# The columns of the table every submission reports (../shared/spec/benchmark.md).
+SPEC_COLUMNS = ["Run Type", "Nodes used", "Accelerators per node", "Local Batch Size", "LR Scheduler", "Start LR",
+                "Optimizer", "Time Required (minutes)", "Epochs Required"]
+
+
+# ---- real runs, shared by the module -----------------------------------------
+
+# The three real runs take about 30 s together on 2 CPU cores (paid once, by the first test using them).
+uses_real_runs = pytest.mark.slow
+
+def _train_log(data: Path, out: Path, tag: str, *extra: str) -> Path:
+    args = ["--data_dir_prefix", str(data), "--output_dir", str(out), "--max_inter_threads", "0",
+            "--device", "cpu", "--seed", "7", "--run_tag", tag, *extra]
+    return train(parse_train_config(args), echo=lambda _msg: None).log_path
+
+
+@pytest.fixture(scope="session")
+def real_logs(tiny_synthetic, tmp_path_factory):
+    """Three real runs: a baseline reaching a low target, a baseline missing the
+    default 0.82, and an optimized run (LAMB, cosine, local batch 4)."""
+    out = tmp_path_factory.mktemp("compare") / "out"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the autouse thread fixture is per test, this runs before it
+    try:
+        reached = _train_log(tiny_synthetic, out, "reached", "--mode", "baseline", "--max_epochs", "2",
+                             "--target_iou", "0.05")
+        missed = _train_log(tiny_synthetic, out, "missed", "--mode", "baseline", "--max_epochs", "2")
+        optimized = _train_log(tiny_synthetic, out, "optimized", "--mode", "optimized", "--loader", "hdf5",
+                               "--no-channels-last", "--local_batch_size", "4", "--max_epochs", "1",
+                               "--target_iou", "0.05")
+    finally:
+        torch.set_num_threads(threads)
+    return SimpleNamespace(out=out, reached=reached, missed=missed, optimized=optimized)
+
+
+# ---- helpers working on the raw JSON lines -------------------------------------
+
+def raw_events(path: Path) -> list[dict]:
+    return [json.loads(line.split(":::MLLOG", 1)[1]) for line in path.read_text().splitlines()
+            if ":::MLLOG" in line]
+
+
+def first(events: list[dict], key: str) -> dict:
+    return next(e for e in events if e["key"] == key)
+
+
+def expected_minutes_and_epoch(path: Path, target: float) -> tuple[float, int] | None:
+    events = raw_events(path)
+    t0 = first(events, "run_start")["time_ms"]
+    hit = next((e for e in events if e["key"] == "eval_accuracy" and e["value"] >= target), None)
+    return None if hit is None else ((hit["time_ms"] - t0) / 60000.0, hit["metadata"]["epoch_num"])
+
+
+def expected_throughput(path: Path) -> float:
+    """Samples over training seconds: epoch_start to eval_start inside the epoch, else to epoch_stop."""
+    events = raw_events(path)
+    batch = first(events, "global_batch_size")["value"]
+    samples = seconds = 0.0
+    previous_step = 0
+    for start in (e for e in events if e["key"] == "epoch_start"):
+        epoch = start["metadata"]["epoch_num"]
+        stop = next(e for e in events if e["key"] == "epoch_stop" and e["metadata"]["epoch_num"] == epoch)
+        ev = next((e for e in events if e["key"] == "eval_start" and e["metadata"]["epoch_num"] == epoch), None)
+        end = ev if ev and start["time_ms"] <= ev["time_ms"] <= stop["time_ms"] else stop
+        begin_step = start["metadata"].get("step_num", previous_step)
+        samples += (stop["metadata"]["step_num"] - begin_step) * batch
+        seconds += (end["time_ms"] - start["time_ms"]) / 1000.0
+        previous_step = stop["metadata"]["step_num"]
+    return samples / seconds
+
+
+def rewritten_copy(src: Path, dst: Path, *, factor: float = 1.0, shift_ms: int = 0, **values) -> Path:
+    """A synthesized repeat: times since run_start scaled by ``factor`` and shifted,
+    and the values of the keys in ``values`` replaced."""
+    events = raw_events(src)
+    t0 = first(events, "run_start")["time_ms"]
+    for e in events:
+        e["time_ms"] = t0 + shift_ms + round((e["time_ms"] - t0) * factor)
+        if e["key"] in values:
+            e["value"] = values[e["key"]]
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.write_text("".join(f":::MLLOG {json.dumps(e)}\n" for e in events))
+    return dst
+
+
+def compare(capsys, *argv: str) -> tuple[int, str, str]:
+    rc = main(["compare", *argv])
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err
+
+
+def csv_rows(text: str) -> list[dict]:
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+# ---- minutes to target, not reached, throughput -------------------------------
+
+@uses_real_runs
+def test_minutes_to_target_is_run_start_to_first_eval_at_target(real_logs):
+    facts = run_facts(read_log(real_logs.reached))
+    assert facts.target == 0.05  # from the log's fastcam_target_iou
+    expected = expected_minutes_and_epoch(real_logs.reached, 0.05)
+    assert expected is not None and facts.reached
+    assert facts.minutes_to_target == pytest.approx(expected[0], abs=1e-12)
+    assert facts.epochs_to_target == expected[1]
+    assert (facts.run_type, facts.nodes, facts.accelerators_per_node, facts.local_batch_size) == ("baseline", 1, 0, 8)
+    assert (facts.optimizer, facts.start_lr, facts.schedule["type"]) == ("AdamW", 0.001, "multistep")
+    assert facts.samples_per_s == pytest.approx(expected_throughput(real_logs.reached), rel=1e-12)
+    assert facts.samples_per_s_per_device == facts.samples_per_s  # one process, no accelerators
+
+
+@uses_real_runs
+def test_not_reached_reports_the_best_accuracy(real_logs):
+    log = read_log(real_logs.missed)
+    facts = run_facts(log)
+    accuracies = [e["value"] for e in raw_events(real_logs.missed) if e["key"] == "eval_accuracy"]
+    assert facts.target == 0.82 and not facts.reached and facts.minutes_to_target is None
+    assert facts.best_accuracy == max(accuracies) and facts.epochs_run == len(accuracies) == 2
+    assert facts.status == "aborted"
+    row = summary_table(group_runs([facts])).rows[0]
+    assert row[7] == f"not reached (best {max(accuracies):.3f})" and row[8] == "not reached"
+    # --target overrides the logged target: the same log then reaches it.
+    lowered = run_facts(log, target=max(accuracies))
+    expected = expected_minutes_and_epoch(real_logs.missed, max(accuracies))
+    assert lowered.reached and lowered.minutes_to_target == pytest.approx(expected[0], abs=1e-12)
+    assert lowered.epochs_to_target == expected[1]
+
+
+# ---- the table -----------------------------------------------------------------
+
+@uses_real_runs
+def test_table_columns_speedup_and_csv(real_logs, capsys):
+    rc, out, _ = compare(capsys, str(real_logs.reached), str(real_logs.missed), str(real_logs.optimized),
+                         "--no-check")
+    assert rc == 0
+    tables = [block for block in out.split("\n\n") if block.startswith("| ")]
+    header, _rule, *rows = tables[0].strip().splitlines()
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    assert columns[:9] == SPEC_COLUMNS
+    assert {"Speedup vs baseline", "Throughput (samples/s)", "Compliance"} <= set(columns)
+    cells = [[c.strip() for c in row.strip("|").split("|")] for row in rows]
+    assert all(len(row) == len(columns) for row in cells) and len(cells) == 3
+    by_type = {(r[0], r[columns.index("Time Required (minutes)")].startswith("not")): r for r in cells}
+    baseline, missed, optimized = by_type[("baseline", False)], by_type[("baseline", True)], by_type[("optimized", False)]
+    assert baseline[1:7] == ["1", "0", "8", "multistep [1200] x0.5", "1e-3", "AdamW (wd 0.01)"]
+    assert optimized[3] == "4" and optimized[4].startswith("cosine_annealing") and optimized[6].startswith("LAMB")
+    base_minutes = expected_minutes_and_epoch(real_logs.reached, 0.05)[0]
+    opt_minutes = expected_minutes_and_epoch(real_logs.optimized, 0.05)[0]
+    speedup = columns.index("Speedup vs baseline")
+    assert baseline[speedup] == "1.00x" and optimized[speedup] == f"{base_minutes / opt_minutes:.2f}x"
+    assert missed[speedup] == "n/a"  # no baseline was run to 0.82 successfully
+    assert all(r[columns.index("Compliance")] == "not checked" for r in cells)
+
+    rc, out, _ = compare(capsys, str(real_logs.reached), str(real_logs.optimized), "--no-check", "--csv")
+    records = {Path(r["log"]).name: r for r in csv_rows(out)}
+    assert rc == 0 and set(records) == {"reached.log", "optimized.log"}
+    assert float(records["reached.log"]["minutes_to_target"]) == pytest.approx(base_minutes, rel=1e-5)
+    assert float(records["optimized.log"]["speedup"]) == pytest.approx(base_minutes / opt_minutes, rel=1e-5)
+    assert float(records["reached.log"]["samples_per_s"]) == pytest.approx(
+        expected_throughput(real_logs.reached), rel=1e-5)
+
+
+@uses_real_runs
+def test_repeats_are_summarised_by_median_min_and_max(real_logs, tmp_path, capsys):
+    runs = tmp_path / "repeats"
+    copies = [rewritten_copy(real_logs.reached, runs / f"repeat{i}.log", factor=f, shift_ms=i * 3_600_000)
+              for i, f in enumerate((1.0, 0.5, 1.7))]
+    minutes = [expected_minutes_and_epoch(c, 0.05)[0] for c in copies]
+    rc, out, _ = compare(capsys, str(runs), "--no-check", "--csv")
+    rows = csv_rows(out)
+    assert rc == 0 and len(rows) == 3 and all(r["group_runs"] == "3" for r in rows)
+    assert float(rows[0]["group_median_minutes"]) == pytest.approx(statistics.median(minutes), rel=1e-5)
+    assert float(rows[0]["group_min_minutes"]) == pytest.approx(min(minutes), rel=1e-5)
+    assert float(rows[0]["group_max_minutes"]) == pytest.approx(max(minutes), rel=1e-5)
+    group = group_runs([run_facts(read_log(c)) for c in copies])
+    assert len(group) == 1
+    cell = summary_table(group).rows[0][7]
+    assert cell.startswith(f"{statistics.median(minutes):.3g} (") and cell.endswith("3/3 reached)")
+
+
+@uses_real_runs
+def test_scaling_efficiency_across_node_counts(real_logs, tmp_path):
+    one = run_facts(read_log(real_logs.reached))
+    # A synthesized 2-node run of the same configuration, training 1/0.6 times as fast.
+    two_log = rewritten_copy(real_logs.reached, tmp_path / "two_nodes.log", factor=0.6, number_of_nodes=2)
+    two = run_facts(read_log(two_log))
+    groups = group_runs([one, two])
+    assert [g.first.nodes for g in groups] == [1, 2]
+    expected = (expected_throughput(two_log) / 2) / expected_throughput(real_logs.reached)
+    assert groups[1].scaling_efficiency == pytest.approx(expected, rel=1e-9)
+    assert groups[1].scaling_efficiency == pytest.approx(1 / 0.6 / 2, rel=0.02)
+    assert groups[0].scaling_efficiency == pytest.approx(1.0)
+
+
+# ---- compliance column -----------------------------------------------------------
+
+@uses_real_runs
+def test_compliance_column_shows_the_checkers_failed_rules(real_logs, capsys):
+    rc, out, _ = compare(capsys, str(real_logs.missed), str(REFERENCE_LOG), "--csv")
+    records = {Path(r["log"]).name: r for r in csv_rows(out)}
+    verdict = run_checker(real_logs.missed)
+    keys = failed_keys(verdict)
+    # Synthetic data cannot have the real set's sizes nor reach 0.82.
+    assert {"train_samples", "eval_samples", "eval_accuracy"} <= keys
+    assert rc == 0 and records["missed.log"]["compliance"] == "fail: " + ", ".join(sorted(keys))
+    assert records["reference_deepcam.log"]["compliance"] == "pass"
+
+
+# ---- broken input ----------------------------------------------------------------
+
+@uses_real_runs
+@uses_real_runs
+@pytest.mark.parametrize("damage", ["truncated", "corrupt"])
+def test_a_damaged_log_is_one_error_line_naming_file_and_line(real_logs, tmp_path, capsys, damage):
+    lines = real_logs.reached.read_text().splitlines()
+    if damage == "truncated":  # the writer died mid-line
+        bad_line = len(lines)
+        lines[-1] = lines[-1][: len(lines[-1]) // 2]
+    else:
+        bad_line = 20
+        lines[bad_line - 1] = lines[bad_line - 1].replace('"key"', '"key" "', 1)
+    broken = tmp_path / "broken.log"
+    broken.write_text("\n".join(lines) + ("\n" if damage == "corrupt" else ""))
+    rc, out, err = compare(capsys, str(tmp_path), "--no-check")
+    err_lines = err.strip().splitlines()
+    assert rc != 0 and out == "" and len(err_lines) == 1, err
+    assert str(broken) in err_lines[0] and f"line {bad_line}" in err_lines[0]
+    assert "Traceback" not in err
+
+
+@uses_real_runs
+def test_directory_mixing_logs_and_other_files(real_logs, tmp_path, capsys):
+    # The real output directory: logs/ next to the runs' checkpoints.
+    assert list(real_logs.out.glob("*.cpt"))
+    rc, out, _ = compare(capsys, str(real_logs.out), "--no-check", "--csv")
+    assert rc == 0 and sorted(Path(r["log"]).name for r in csv_rows(out)) == [
+        "missed.log", "optimized.log", "reached.log"]
+    mixed = tmp_path / "mixed"
+    (mixed / "nested").mkdir(parents=True)
+    shutil.copy(real_logs.reached, mixed / "nested" / "run.log")
+    (mixed / "notes.txt").write_text("baseline runs of the CPU study\n")
+    (mixed / "config.yaml").write_text("mode: baseline\n")
+    (mixed / "weights.bin").write_bytes(bytes(range(256)) * 64)
+    assert collect_logs([mixed]) == [mixed / "nested" / "run.log"]
+    # A file named explicitly that is not a log, or a directory without logs, is an error.
+    with pytest.raises(DataError, match="notes.txt"):
+        collect_logs([mixed / "notes.txt"])
+    (tmp_path / "empty").mkdir()
+    rc, _, err = compare(capsys, str(tmp_path / "empty"), "--no-check")
+    assert rc != 0 and len(err.strip().splitlines()) == 1 and "no MLPerf logs" in err
+
+
+def test_type_overrides_and_bad_values(capsys):
+    rc, out, _ = compare(capsys, str(REFERENCE_LOG), "--no-check", "--csv", "--type", "reference_deepcam.log=baseline")
+    assert rc == 0 and csv_rows(out)[0]["run_type"] == "baseline" and csv_rows(out)[0]["speedup"] == "1"
+    for bad, needle in (("reference_deepcam.log=fast", "TYPE must be one of"), ("other.log=baseline", "other.log"),
+                        ("baseline", "FILE=TYPE")):
+        rc, _, err = compare(capsys, str(REFERENCE_LOG), "--no-check", "--type", bad)
+        assert rc == 2 and len(err.strip().splitlines()) == 1 and needle in err
+    rc, _, err = compare(capsys, str(REFERENCE_LOG), "--no-check", "--target", "1.5")
+    assert rc == 2 and "--target" in err
+
+
+# ---- other implementations' formats -----------------------------------------------
+
+def test_reference_format_log_parses():
+    facts = run_facts(read_log(REFERENCE_LOG))
+    assert facts.run_type == "closed" and facts.org == "Umbrella Corp."
+    assert (facts.nodes, facts.accelerators_per_node, facts.ranks, facts.local_batch_size) == (4, 4, 16, 8)
+    assert facts.target == 0.82  # from target_accuracy_reached
+    minutes, epoch = expected_minutes_and_epoch(REFERENCE_LOG, 0.82)
+    assert facts.reached and facts.minutes_to_target == pytest.approx(minutes) and facts.epochs_to_target == epoch
+    # The reference evaluates inside the epoch interval: training time ends at eval_start.
+    assert facts.samples_per_s == pytest.approx(expected_throughput(REFERENCE_LOG), rel=1e-12)
+    assert facts.samples_per_s_per_device == pytest.approx(facts.samples_per_s / 16)
+
+
+def test_nvidia_stdout_with_prefixed_records_and_extra_keys_parses():
+    log = read_log(NVIDIA_LOG)
+    assert log.first("tracked_stats") is not None  # extra keys are kept
+    facts = run_facts(log)
+    assert (facts.nodes, facts.accelerators_per_node, facts.local_batch_size) == (4, 8, 8)  # 256 / 32 ranks
+    assert (facts.optimizer, facts.schedule["type"], facts.status) == ("LAMB", "cosine_annealing", "aborted")
+    assert not facts.reached and facts.best_accuracy == 0.5107 and facts.target == 0.82
+    assert facts.samples_per_s == pytest.approx(expected_throughput(NVIDIA_LOG), rel=1e-12)
+
+
+# ---- plots -----------------------------------------------------------------------
+
+@uses_real_runs
+def test_plots_are_written_and_scaling_only_across_node_counts(real_logs, tmp_path, capsys):
+    image = pytest.importorskip("matplotlib.image")
+    rc, _, err = compare(capsys, str(real_logs.reached), str(real_logs.missed), str(real_logs.optimized),
+                         "--no-check", "--plot", str(tmp_path / "plots"))
+    written = sorted(p.name for p in (tmp_path / "plots").iterdir())
+    assert rc == 0 and written == ["accuracy_vs_epoch.png", "accuracy_vs_minutes.png", "throughput_per_epoch.png"]
+    assert err.count("wrote ") == 3
+    for name in written:
+        pixels = image.imread(tmp_path / "plots" / name)
+        assert pixels.shape[:2] == (450, 800) and pixels.std() > 0  # drawn, not blank
+    two_nodes = rewritten_copy(real_logs.reached, tmp_path / "two.log", factor=0.6, number_of_nodes=2)
+    rc, _, _ = compare(capsys, str(real_logs.reached), str(two_nodes), "--no-check", "--plot", str(tmp_path / "s"))
+    assert rc == 0 and (tmp_path / "s" / "scaling.png").is_file()
+    assert image.imread(tmp_path / "s" / "scaling.png").std() > 0
+    # Different node counts but no configuration run at two of them: nothing to scale.
+    rc, _, _ = compare(capsys, str(real_logs.reached), str(REFERENCE_LOG), "--no-check", "--plot", str(tmp_path / "n"))
+    assert rc == 0 and not (tmp_path / "n" / "scaling.png").exists()
+
+
+def test_markdown_escapes_pipes():
+    from fastcam.compare.table import Table
+
+    text = render_markdown(Table(["a", "b"], [["x|y", "z"]]))
+    assert text.splitlines()[2] == "| x\\|y | z |"

@@ -1,0 +1,194 @@
+"""``fastcam tune``: search the mutable hyperparameters with Optuna.
+
+Takes the data and output flags of ``fastcam train`` (``--data_dir_prefix``,
+``--output_dir``, ``--max_epochs`` as each trial's epoch budget,
+``--target_iou``, ``--local_batch_size``, ``--device``, ``--seed``, ...); the
+trials start from the optimized recipe with those flags. A mutable
+hyperparameter given as a flag is pinned: it keeps that value in every trial.
+
+Writes into OUTPUT_DIR: the study journal (``tuning.journal``, unless
+``--storage``), one MLPerf log per trial (``logs/trial-NNNN.log``),
+``best.yaml`` (replay with ``fastcam train --mode optimized --config
+best.yaml``), ``trials.csv`` and ``plots/*.png``. Start the same command on
+several devices or nodes to run trials in parallel; run it again to resume.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from pathlib import Path
+
+from fastcam.errors import ConfigError
+
+PRUNERS = ("median", "hyperband", "none")
+# Flags of `fastcam train` that pin a tunable parameter when given.
+PINNABLE = ("optimizer", "start_lr", "weight_decay", "lr_warmup_steps", "lr_warmup_factor", "max_inter_threads",
+            "local_batch_size", "lr_schedule")
+
+
+def register(subparsers) -> None:
+    from fastcam.train.cli import add_train_arguments
+
+    p = subparsers.add_parser("tune", help="search the mutable hyperparameters (Optuna); writes best.yaml",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                              argument_default=argparse.SUPPRESS)
+    add_train_arguments(p)
+    g = p.add_argument_group("tuning")
+    g.add_argument("--trials", type=int, default=40, help="finished trials the study should have (default 40)")
+    g.add_argument("--study_name", "--study-name", dest="study_name", default="deepcam",
+                   help="workers with the same name and storage join one study (default deepcam)")
+    g.add_argument("--storage", default=None,
+                   help="database URL (sqlite:///tune.db, postgresql://...) or journal file; "
+                        "default OUTPUT_DIR/tuning.journal")
+    g.add_argument("--space", default=None, help="search space YAML (default: the packaged space.yaml)")
+    g.add_argument("--pruner", choices=PRUNERS, default="median", help="prune on per-epoch accuracy (default median)")
+    g.add_argument("--objectives", choices=("time", "time-epochs"), default="time",
+                   help="minimise minutes to target, or minutes and epochs (no pruning)")
+    g.add_argument("--pruner_startup_trials", "--pruner-startup-trials", dest="pruner_startup_trials", type=int,
+                   default=5, help="completed trials before pruning starts (default 5)")
+    g.add_argument("--pruner_warmup_epochs", "--pruner-warmup-epochs", dest="pruner_warmup_epochs", type=int,
+                   default=1, help="epochs of each trial that are never pruned (default 1)")
+    g.add_argument("--heartbeat_interval", "--heartbeat-interval", dest="heartbeat_interval", type=float,
+                   default=60.0, help="seconds between a running trial's heartbeats (default 60)")
+    g.add_argument("--grace_period", "--grace-period", dest="grace_period", type=float, default=None,
+                   help="seconds without heartbeat before a trial counts as dead (default 3 x interval)")
+    p.set_defaults(func=run_tune)
+
+
+def build_base(args: argparse.Namespace):
+    """The optimized recipe with the user's flags; the trials' starting point."""
+    from fastcam import guard
+    from fastcam.train.cli import config_from_args
+
+    given = vars(args)
+    for flag in ("checkpoint", "save_config"):
+        if flag in given:
+            raise ConfigError(f"--{flag} does not apply to tune (each trial starts fresh; the result is best.yaml)")
+    if given.get("mode", "optimized") != "optimized":
+        raise ConfigError("tune searches the hyperparameters of optimized runs: drop --mode baseline")
+    args.mode = "optimized"
+    base = config_from_args(args)
+    if base.mode != "optimized":
+        raise ConfigError(f"{given.get('config')}: tune needs an optimized config, got mode {base.mode}")
+    guard.check(base)
+    if base.run.data_dir_prefix is None:
+        from fastcam.train.default_data import default_dataset
+
+        base.run = dataclasses.replace(base.run, data_dir_prefix=str(default_dataset()))
+    return base
+
+
+def run_tune(args: argparse.Namespace) -> int:
+    from fastcam.data.layout import list_files
+    from fastcam.config import baseline, optimized
+    from . import report, space as space_mod, study as study_mod
+    from .params import recipe_params
+
+    for name, low in (("trials", 1), ("pruner_startup_trials", 0), ("pruner_warmup_epochs", 0)):
+        if getattr(args, name) < low:
+            raise ConfigError(f"--{name} must be >= {low}, got {getattr(args, name)}")
+    if args.heartbeat_interval <= 0:
+        raise ConfigError(f"--heartbeat_interval must be > 0, got {args.heartbeat_interval}")
+    grace = args.grace_period if args.grace_period is not None else 3 * args.heartbeat_interval
+    if grace <= args.heartbeat_interval:
+        raise ConfigError(f"--grace_period {grace:g} must exceed --heartbeat_interval {args.heartbeat_interval:g}")
+
+    # The space is vetted before anything else runs or is written.
+    pinned = [n for n in PINNABLE if n in vars(args)]
+    space = space_mod.load_space(args.space).without(pinned)
+    base = build_base(args)
+    echo = _echo
+    if not space.params:
+        raise ConfigError(f"{space.source}: nothing left to tune (every parameter is pinned by a flag)")
+    base.run = dataclasses.replace(base.run, device=worker_device(base.run.device))
+    scale = space_mod.run_scale(len(list_files(base.run.data_dir_prefix, "train")),
+                                base.hyperparameters.local_batch_size)
+    resolved = space_mod.resolve(space, scale)
+    if getattr(args, "print_config", False):
+        import yaml
+
+        print(yaml.safe_dump({"base": base.to_dict(), "space": space_mod.describe(resolved)}, sort_keys=False), end="")
+        return 0
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # progress is printed per trial below
+    out = Path(base.run.output_dir)
+    storage = study_mod.open_storage(args.storage, out)
+    directions = ["minimize"] * (2 if args.objectives == "time-epochs" else 1)
+    study, created = study_mod.open_study(args.study_name, storage, directions, sampler(base.run.seed),
+                                          pruner(args, base.run.max_epochs), space_mod.describe(resolved))
+    if created:
+        recipes = [(label, recipe_params(r, resolved, space, scale, base)) for label, r in
+                   (("baseline", baseline()), ("optimized", optimized()))]
+        study_mod.enqueue(study, [(label, p) for i, (label, p) in enumerate(recipes)
+                                  if p and p not in [q for _, q in recipes[:i]]])
+    finished = sum(study_mod.counts(study)[s] for s in study_mod.FINISHED)
+    echo(f"fastcam tune: study '{study.study_name}' ({'new' if created else 'joined'}), {finished}/{args.trials} "
+         f"trials finished; global batch {scale.global_batch}, {scale.steps_per_epoch} steps/epoch, "
+         f"epoch budget {base.run.max_epochs}, target {base.run.target_iou}; device {base.run.device}")
+    if pinned:
+        echo(f"pinned by flags: {', '.join(pinned)}")
+    if len(directions) > 1 and args.pruner != "none":
+        echo("note: optuna prunes single-objective studies only; time-epochs trials run to the end")
+
+    from .objective import Objective
+
+    objective = Objective(base, resolved, args.objectives, args.heartbeat_interval, echo)
+    study_mod.run_worker(study, objective, args.trials, grace, echo)
+
+    best = report.write_best(study, base, out / "best.yaml")
+    report.write_csv(study, out / "trials.csv", args.objectives)
+    echo(report.summary(study, args.objectives))
+    report.write_plots(study, out / "plots", args.objectives, echo)
+    if best is None:
+        echo(f"no trial completed yet; wrote {out / 'trials.csv'}")
+    else:
+        echo(f"best: trial {best.number}; wrote {out / 'best.yaml'} (replay: fastcam train --mode optimized "
+             f"--config {out / 'best.yaml'}), {out / 'trials.csv'}, {out / 'plots'}")
+    return 0
+
+
+def sampler(seed: int | None):
+    import optuna
+
+    # TPE handles the conditional schedule parameters and both objective modes.
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+def pruner(args: argparse.Namespace, max_epochs: int):
+    import optuna
+
+    # Epochs are reported as steps 1, 2, ...; optuna skips steps < n_warmup_steps.
+    warmup = args.pruner_warmup_epochs + 1
+    if args.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=args.pruner_startup_trials, n_warmup_steps=warmup)
+    if args.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=warmup, max_resource=max(warmup, max_epochs))
+    return optuna.pruners.NopPruner()
+
+
+def worker_device(device: str, environ=None, cuda_count: int | None = None) -> str:
+    """One device per worker: with several visible GPUs, pick the worker's local rank's.
+
+    ``srun --gpus-per-task=1`` shows each task one GPU (index 0); with several
+    visible, ``SLURM_LOCALID`` (or torchrun's ``LOCAL_RANK``) chooses.
+    """
+    if device not in ("auto", "cuda"):
+        return device
+    environ = os.environ if environ is None else environ
+    if cuda_count is None:
+        import torch
+
+        cuda_count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    local = environ.get("LOCAL_RANK", environ.get("SLURM_LOCALID"))
+    if cuda_count > 1 and local is not None and local.isdigit():
+        return f"cuda:{int(local) % cuda_count}"
+    return device
+
+
+def _echo(message: str) -> None:
+    print(message, file=sys.stdout, flush=True)

@@ -1,0 +1,142 @@
+"""One trial: one in-process ``train()`` run, scored by the benchmark's own figure.
+
+Objective values (all minimised):
+
+- ``time``: minutes from ``run_start`` until the validation accuracy first
+  reached the target (``TrainResult.minutes_to_target``).
+- ``time-epochs``: those minutes and the number of epochs (two objectives).
+
+**Penalty.** A trial that does not reach the target within its epoch budget
+(``--max_epochs``) is charged as if it had needed
+``max_epochs * (2 - best_iou / target)`` epochs: more than any trial that
+reached the target within the budget, and less the closer its best accuracy
+came, so the sampler still learns from failures. Its time is that many epochs
+at the trial's own minutes per epoch.
+
+**Pruning.** After each evaluation the trainer calls
+:class:`PruningCallback`, which reports ``1 - eval_iou`` (the IoU error, so that
+lower is better, like the study's direction that the pruners follow) and raises
+``optuna.TrialPruned`` when the pruner says so. Optuna prunes single-objective
+studies only, so ``time-epochs`` runs every trial to the end.
+
+Each trial writes its own MLPerf log, ``OUTPUT_DIR/logs/trial-NNNN.log``, that
+``fastcam compare`` reads like any other run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from fastcam.config import Config
+from .heartbeat import Heartbeat
+from .params import apply, suggest
+from .space import ParamSpec
+
+OBJECTIVES = {"time": ("minutes",), "time-epochs": ("minutes", "epochs")}
+
+
+def trial_tag(number: int) -> str:
+    return f"trial-{number:04d}"
+
+
+def penalty_epochs(best_iou: float, target: float, max_epochs: int) -> float:
+    best = best_iou if math.isfinite(best_iou) else 0.0
+    return max_epochs * (2.0 - min(best, target) / target)
+
+
+def objective_values(result, target: float, max_epochs: int, objectives: str) -> list[float]:
+    """The trial's values from a ``TrainResult`` (see the module docstring)."""
+    if result.reached:
+        minutes, epochs = float(result.minutes_to_target), float(result.epochs)
+    else:
+        epochs = penalty_epochs(result.best_iou, target, max_epochs)
+        minutes = epochs * result.total_minutes / max(1, result.epochs)
+    return [minutes, epochs][: len(OBJECTIVES[objectives])]
+
+
+class PruningCallback:
+    """The trainer's ``on_epoch_end`` hook: report the epoch, stop a hopeless trial."""
+
+    def __init__(self, trial: optuna.Trial, prune: bool) -> None:
+        self.trial, self.prune = trial, prune
+        self.history: list[float] = []
+
+    def on_epoch_end(self, record) -> None:
+        self.history.append(record.eval_iou)
+        self.trial.set_user_attr("eval_iou", list(self.history))
+        if not self.prune:
+            return
+        error = 1.0 - record.eval_iou if math.isfinite(record.eval_iou) else float("nan")  # nan: always pruned
+        self.trial.report(error, record.epoch)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at epoch {record.epoch} with eval IoU {record.eval_iou:.4f}")
+
+
+@dataclasses.dataclass
+class Objective:
+    """Callable for ``study.optimize``: sample, vet, train, score."""
+
+    base: Config  # the optimized recipe + the user's flags (run settings of the worker)
+    resolved: dict[str, ParamSpec]
+    objectives: str = "time"
+    heartbeat_interval: float = 60.0
+    echo: Callable[[str], None] = print
+
+    def __call__(self, trial: optuna.Trial) -> float | list[float]:
+        params = suggest(trial, self.resolved, self.base)
+        config = trial_config(self.base, params, trial.number)  # guard-checked
+        tag, run = trial_tag(trial.number), config.run
+        trial.set_user_attr("log", str(Path(run.output_dir) / "logs" / f"{tag}.log"))
+        self.echo(f"trial {trial.number}: start  {format_params(params)}")
+        prune = len(OBJECTIVES[self.objectives]) == 1
+        callback = PruningCallback(trial, prune)
+        started = time.perf_counter()
+        from fastcam.train.trainer import train
+
+        try:
+            with Heartbeat(trial.study._storage, trial._trial_id, self.heartbeat_interval):
+                result = train(config, callbacks=(callback,), echo=lambda m: self.echo(f"  [{tag}] {m}"))
+        except optuna.TrialPruned:
+            epochs, best = len(callback.history), max(callback.history, default=float("nan"))
+            _record(trial, epochs=epochs, best_iou=best, reached=False,
+                    minutes=(time.perf_counter() - started) / 60)
+            self.echo(f"trial {trial.number}: pruned after {epochs} epoch(s), best IoU {best:.4f}, "
+                      f"{(time.perf_counter() - started) / 60:.2f} min")
+            raise
+        if result.checkpoint_path is not None:
+            # A tuning trial is replayed from best.yaml, not resumed; ~0.7 GB per trial is not worth keeping.
+            Path(result.checkpoint_path).unlink(missing_ok=True)
+        values = objective_values(result, run.target_iou, run.max_epochs, self.objectives)
+        _record(trial, epochs=result.epochs, best_iou=result.best_iou, reached=result.reached,
+                minutes=result.minutes_to_target if result.reached else result.total_minutes)
+        outcome = (f"reached {run.target_iou} in {result.epochs} epoch(s), {result.minutes_to_target:.2f} min"
+                   if result.reached else
+                   f"target not reached in {result.epochs} epoch(s), best IoU {result.best_iou:.4f} (penalised)")
+        self.echo(f"trial {trial.number}: done   {outcome}; value {', '.join(f'{v:.3f}' for v in values)}")
+        return values[0] if len(values) == 1 else values
+
+
+def trial_config(base: Config, params: dict[str, Any], number: int) -> Config:
+    """The Config trial ``number`` trains: base + params, its own log, one process."""
+    config = apply(base, params)
+    tag = trial_tag(number)
+    # Each worker trains alone on its device: never join the launcher's process group (srun, torchrun).
+    config.run = dataclasses.replace(config.run, run_tag=tag, model_prefix=tag, wireup_method="single",
+                                     checkpoint=None)
+    return config
+
+
+def _record(trial: optuna.Trial, **attrs) -> None:
+    for key, value in attrs.items():
+        trial.set_user_attr(key, value if not isinstance(value, float) or math.isfinite(value) else None)
+
+
+def format_params(params: dict[str, Any]) -> str:
+    return "  ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(params.items()))

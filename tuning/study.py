@@ -1,0 +1,116 @@
+"""The study: storage, creation or joining by name, and the worker loop.
+
+Storage: by default a journal file in the output directory
+(``JournalStorage`` + ``JournalFileBackend``, whose lock works on shared
+cluster file systems); ``--storage`` takes a database URL (``sqlite:///x.db``,
+``postgresql://...``) or a journal file path. Several workers join one study
+by name and run trials concurrently; re-running the command resumes the study
+until it has the requested number of finished (complete or pruned) trials.
+The worker that creates the study enqueues the baseline hyperparameters and
+the optimized defaults as its first trials.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from fastcam.errors import ConfigError
+from .heartbeat import fail_stale_trials
+
+JOURNAL_NAME = "tuning.journal"
+SPACE_ATTR = "fastcam:space"
+OBJECTIVES_ATTR = "fastcam:objectives"
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def open_storage(url: str | None, output_dir: str | Path):
+    """The storage named by ``--storage`` (default: the journal file in the output dir)."""
+    if url and "://" in url:
+        try:
+            return optuna.storages.RDBStorage(url)
+        except Exception as err:  # sqlalchemy raises many types (no driver, no server, bad URL)
+            raise ConfigError(f"--storage {url}: cannot open the database ({str(err).splitlines()[0]})") from None
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    path = Path(url) if url else Path(output_dir) / JOURNAL_NAME
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot open the journal file ({err.strerror})") from None
+    except ValueError as err:  # a file that is not an optuna journal
+        raise ConfigError(f"{path}: not an optuna journal file ({err})") from None
+
+
+def open_study(name: str, storage, directions: list[str], sampler, pruner,
+               space: dict[str, Any]) -> tuple[optuna.Study, bool]:
+    """Create the study, or join it if it exists; returns (study, created).
+
+    Creation is decided by the storage (one create wins), so of several workers
+    started at once exactly one sees ``created`` and enqueues the recipes.
+    """
+    try:
+        study = optuna.create_study(study_name=name, storage=storage, directions=directions, sampler=sampler,
+                                    pruner=pruner)
+        study.set_user_attr(SPACE_ATTR, space)
+        study.set_user_attr(OBJECTIVES_ATTR, len(directions))
+        return study, True
+    except optuna.exceptions.DuplicatedStudyError:
+        pass
+    study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+    if len(study.directions) != len(directions):
+        raise ConfigError(f"study '{name}' has {len(study.directions)} objective(s), not {len(directions)}: "
+                          "use its --objectives or a new --study_name")
+    stored = study.user_attrs.get(SPACE_ATTR)
+    if stored is not None and stored != space:
+        raise ConfigError(f"study '{name}' was created with a different search space (or batch size / data set, "
+                          "which scale it): use the same --space and flags, or a new --study_name")
+    return study, False
+
+
+def enqueue(study: optuna.Study, trials: list[tuple[str, dict[str, Any]]]) -> None:
+    for label, params in trials:
+        study.enqueue_trial(params, user_attrs={"enqueued": label}, skip_if_exists=True)
+
+
+def counts(study: optuna.Study) -> dict[TrialState, int]:
+    out = {state: 0 for state in TrialState}
+    for trial in study.get_trials(deepcopy=False):
+        out[trial.state] += 1
+    return out
+
+
+def run_worker(study: optuna.Study, objective: Callable, n_trials: int, grace: float,
+               echo: Callable[[str], None] = print) -> int:
+    """Run trials until the study has ``n_trials`` finished ones; returns how many this worker ran.
+
+    A worker stops when the finished trials plus those running elsewhere reach
+    the count and none wait to be run (a retry enqueued for a dead worker's
+    trial is picked up here).
+    """
+    ran = 0
+    while True:
+        fail_stale_trials(study, grace, echo)
+        c = counts(study)
+        finished = c[TrialState.COMPLETE] + c[TrialState.PRUNED]
+        if finished >= n_trials or (finished + c[TrialState.RUNNING] >= n_trials and not c[TrialState.WAITING]):
+            if c[TrialState.RUNNING] and finished < n_trials:
+                echo(f"{finished} trial(s) finished and {c[TrialState.RUNNING]} running in other workers: "
+                     f"this worker stops (re-run to resume if one of them dies)")
+            return ran
+        try:
+            with warnings.catch_warnings():
+                # Enqueued recipe values outside a range are intended (see params.recipe_params).
+                warnings.filterwarnings("ignore", message="Fixed parameter .* is out of range")
+                study.optimize(objective, n_trials=1, catch=())
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # This worker was judged dead (no heartbeat within the grace period) and its trial retried.
+            echo("this worker's trial was marked failed by another worker (heartbeat too late); continuing")
+        ran += 1
+
