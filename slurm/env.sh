@@ -23,7 +23,10 @@ if ((GPUS_PER_NODE > 0)); then
   TASKS_PER_NODE="${TASKS_PER_NODE:-$GPUS_PER_NODE}"
 else  # the CPU variant: GPUS_PER_NODE=0
   DEVICE="${DEVICE:-cpu}"
-  TASKS_PER_NODE="${TASKS_PER_NODE:-${SLURM_NTASKS_PER_NODE:-1}}"
+  # The allocation's own count: --ntasks-per-node, else the first count of
+  # SLURM_TASKS_PER_NODE ("2" or "2(x3)" for sbatch -n), else 1.
+  allocated_per_node="${SLURM_TASKS_PER_NODE:-1}"
+  TASKS_PER_NODE="${TASKS_PER_NODE:-${SLURM_NTASKS_PER_NODE:-${allocated_per_node%%[(,]*}}}"
 fi
 [[ "$TASKS_PER_NODE" =~ ^[1-9][0-9]*$ ]] || fastcam_die "TASKS_PER_NODE must be a positive whole number, not '$TASKS_PER_NODE'"
 CPUS_PER_TASK="${CPUS_PER_TASK:-${SLURM_CPUS_PER_TASK:-1}}"

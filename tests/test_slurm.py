@@ -336,7 +336,8 @@ def test_tune_script_starts_independent_workers_on_one_study(slurm_cluster, tiny
     assert len(records) == 2
     for r in records:
         assert r["argv"] == ["tune", "--study_name", "ci-study", "--storage", storage, "--trials", "6",
-                             "--data_dir_prefix", str(tiny_data), "--output_dir", str(out), "--max_epochs", "2"]
+                             "--data_dir_prefix", str(tiny_data), "--output_dir", str(out), "--device", "cpu",
+                             "--max_epochs", "2"]
         # Not ranks of one run: fastcam's wire-up `auto` must see a single process.
         assert (r["env"]["SLURM_PROCID"], r["env"]["PMI_RANK"]) == (None, None)
     assert sorted(r["env"]["CUDA_VISIBLE_DEVICES"] for r in records) == ["3", "5"]  # one GPU per worker

@@ -16,8 +16,11 @@ at the trial's own minutes per epoch.
 **Pruning.** After each evaluation the trainer calls
 :class:`PruningCallback`, which reports ``1 - eval_iou`` (the IoU error, so that
 lower is better, like the study's direction that the pruners follow) and raises
-``optuna.TrialPruned`` when the pruner says so. Optuna prunes single-objective
-studies only, so ``time-epochs`` runs every trial to the end.
+``optuna.TrialPruned`` when the pruner says so. A trial whose training loss
+became non-finite has diverged; it reports NaN, which optuna's pruners always
+prune (its accuracy is meaningless: a NaN network predicts background
+everywhere, which scores well on IoU). Optuna prunes single-objective studies
+only, so ``time-epochs`` runs every trial to the end.
 
 Each trial writes its own MLPerf log, ``OUTPUT_DIR/logs/trial-NNNN.log``, that
 ``fastcam compare`` reads like any other run.
@@ -27,6 +30,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -73,7 +78,8 @@ class PruningCallback:
         self.trial.set_user_attr("eval_iou", list(self.history))
         if not self.prune:
             return
-        error = 1.0 - record.eval_iou if math.isfinite(record.eval_iou) else float("nan")  # nan: always pruned
+        diverged = not (math.isfinite(record.train_loss) and math.isfinite(record.eval_iou))
+        error = float("nan") if diverged else 1.0 - record.eval_iou
         self.trial.report(error, record.epoch)
         if self.trial.should_prune():
             raise optuna.TrialPruned(f"pruned at epoch {record.epoch} with eval IoU {record.eval_iou:.4f}")
@@ -94,6 +100,7 @@ class Objective:
         config = trial_config(self.base, params, trial.number)  # guard-checked
         tag, run = trial_tag(trial.number), config.run
         trial.set_user_attr("log", str(Path(run.output_dir) / "logs" / f"{tag}.log"))
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         self.echo(f"trial {trial.number}: start  {format_params(params)}")
         prune = len(OBJECTIVES[self.objectives]) == 1
         callback = PruningCallback(trial, prune)

@@ -46,9 +46,9 @@ def write_best(study: optuna.Study, replay_base: Config, path: Path) -> FrozenTr
 def write_csv(study: optuna.Study, path: Path, objectives: str) -> None:
     trials = study.get_trials(deepcopy=False)
     names = sorted({name for t in trials for name in t.params})
-    value_names = list(OBJECTIVES[objectives])
+    value_names = ["value"] if objectives == "time" else [f"value_{n}" for n in OBJECTIVES[objectives]]
     header = ["number", "state", *value_names, "reached", "epochs", "best_iou", "minutes", "enqueued",
-              "retry_of", *names, "log", "datetime_start", "datetime_complete"]
+              "retry_of", *names, "log", "worker", "datetime_start", "datetime_complete"]
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(header)
@@ -58,6 +58,7 @@ def write_csv(study: optuna.Study, path: Path, objectives: str) -> None:
         writer.writerow([t.number, t.state.name, *values, attrs.get("reached"), attrs.get("epochs"),
                          attrs.get("best_iou"), attrs.get("minutes"), attrs.get("enqueued"),
                          t.system_attrs.get("failed_trial"), *(t.params.get(n) for n in names), attrs.get("log"),
+                         attrs.get("worker"),
                          t.datetime_start, t.datetime_complete])
     atomic_write_text(path, out.getvalue())
 
@@ -99,6 +100,7 @@ def write_plots(study: optuna.Study, directory: Path, objectives: str,
         "importances": (2, lambda: ovm.plot_param_importances(study, target=target, target_name=name)),
         "parallel": (1, lambda: ovm.plot_parallel_coordinate(study, target=target, target_name=name)),
     }
+    width = max(8.0, 1.2 * max((len(t.params) for t in complete), default=0))  # room for every axis
     directory.mkdir(parents=True, exist_ok=True)
     written = []
     for key in PLOTS:
@@ -111,6 +113,7 @@ def write_plots(study: optuna.Study, directory: Path, objectives: str,
                 warnings.simplefilter("ignore")  # the matplotlib backend is marked experimental
                 axes = plot()
             figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
+            figure.set_size_inches(width, 6.0)
             path = directory / f"{key}.png"
             figure.savefig(path, dpi=100, bbox_inches="tight")
             plt.close(figure)

@@ -33,19 +33,18 @@ def build_loaders(config: Config, ctx, device: torch.device, seed: int, logger, 
     from fastcam.data.stage import stage_dataset
     from fastcam.data.staged import build_staged_loaders
 
-    if hp.channels != list(range(layout.NUM_CHANNELS)):
-        from fastcam.errors import ConfigError
-
-        raise ConfigError("the staged loader stores all 16 channels; use --loader hdf5 with --channels")
     root = stage_root(config, ctx.rank, ctx.world_size)
     distributed.barrier(ctx)
     logger.start("staging_start")
     summary = stage_dataset(run.data_dir_prefix, root, rank=ctx.rank, world_size=ctx.world_size,
-                            workers=max(1, run.max_inter_threads), progress=ctx.is_main)
+                            workers=max(1, run.max_inter_threads), progress=ctx.is_main,
+                            channels=hp.channels)
     distributed.barrier(ctx)
     logger.end("staging_stop", metadata={"staging_duration": getattr(summary, "seconds", None)})
     say(f"staged this rank's shards to {root}")
-    train, validation = build_staged_loaders(root, local_batch_size=hp.local_batch_size, seed=seed, device=device)
+    # max_inter_threads (the loader workers, a mutable setting) sets the reader threads.
+    train, validation = build_staged_loaders(root, local_batch_size=hp.local_batch_size, seed=seed, device=device,
+                                             threads=max(2, run.max_inter_threads))
     # The MLPerf sample counts are the data set's, not this rank's shard.
     return Loaders(train, validation, train, len(layout.list_files(run.data_dir_prefix, "train")),
                    len(layout.list_files(run.data_dir_prefix, "validation")), (train.height, train.width))
