@@ -344,6 +344,23 @@ def test_tune_script_starts_independent_workers_on_one_study(slurm_cluster, tiny
     assert sorted(p.name for p in (out / "workers").iterdir()) == [f"job-{job}-worker-{t}.out" for t in (0, 1)]
 
 
+@pytest.mark.slow
+def test_tune_script_runs_a_real_study_with_two_concurrent_workers(slurm_cluster, tiny_data, tmp_path):
+    pytest.importorskip("fastcam.tuning.cli", reason="fastcam tune is not built yet")
+    out = tmp_path / "study"
+    env = job_env(DATA_DIR=str(tiny_data), OUTPUT_DIR=str(out), STUDY_NAME="ci-real", TRIALS="2")
+    job = sbatch(["--ntasks=2", f"--output={tmp_path}/slurm-%j.out", str(SLURM_DIR / "tune.sbatch"),
+                  "--max_epochs", "1", "--max_inter_threads", "0", "--target_iou", "0.3"], env)
+    assert_clean_exit(wait_for_job(job), out)
+    trials = list(csv.DictReader((out / "trials.csv").open()))
+    assert [t["state"] for t in trials] == ["COMPLETE", "COMPLETE"]
+    (start_a, end_a), (start_b, end_b) = ((t["datetime_start"], t["datetime_complete"]) for t in trials)
+    assert start_a < end_b and start_b < end_a  # the two workers ran their trials at the same time
+    assert (out / "best.yaml").is_file()
+    for worker in (0, 1):
+        assert f"rank {worker} exit status 0" in (out / "workers" / f"job-{job}-worker-{worker}.out").read_text()
+
+
 WIREUP_SNIPPET = """
 import os, sys
 import torch, torch.distributed as dist

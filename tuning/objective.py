@@ -33,6 +33,7 @@ import math
 import os
 import socket
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -81,7 +82,10 @@ class PruningCallback:
         diverged = not (math.isfinite(record.train_loss) and math.isfinite(record.eval_iou))
         error = float("nan") if diverged else 1.0 - record.eval_iou
         self.trial.report(error, record.epoch)
-        if self.trial.should_prune():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # numpy's "All-NaN slice" for a diverged trial
+            prune_now = self.trial.should_prune()
+        if prune_now:
             raise optuna.TrialPruned(f"pruned at epoch {record.epoch} with eval IoU {record.eval_iou:.4f}")
 
 

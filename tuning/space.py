@@ -138,7 +138,8 @@ def _param(name: str, spec: Any, source: str) -> ParamSpec:
         if name != "lr_schedule.milestones":
             raise ConfigError(f"{where}: 'count' applies to lr_schedule.milestones only")
         count = tuple(_positive_int(c, f"{where}.count") for c in _as_list(spec["count"], f"{where}.count"))
-    if ("choices" in spec) == ("low" in spec or "high" in spec):
+    ranged = [key for key in ("low", "high") if key in spec]
+    if ("choices" in spec) == bool(ranged) or len(ranged) == 1:
         raise ConfigError(f"{where}: give either 'choices' or both 'low' and 'high'")
     if "choices" in spec:
         choices = tuple(_choice(name, c, where) for c in _as_list(spec["choices"], f"{where}.choices"))

@@ -1,0 +1,38 @@
+"""`fastcam bench` on CPU at a small size: the table and every JSON field."""
+
+import json
+
+from fastcam.cli import main
+
+
+def test_bench_cpu_small_prints_table_and_writes_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    rc = main(["bench", "--device", "cpu", "--height", "32", "--width", "48", "--batch-size", "2",
+               "--steps", "2", "--warmup", "1", "--workers", "0", "--json", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    for row in ("| step | baseline", "| step | optimized", "| loader | hdf5", "| loader | staged",
+                "| epoch | baseline", "| epoch | optimized", "optimized / baseline step throughput"):
+        assert row in printed
+    r = json.loads(out.read_text())
+    assert r["device"].startswith("CPU") and (r["height"], r["width"], r["batch_size"]) == (32, 48, 2)
+    flop = 1.97e12 * 32 * 48 / (768 * 1152)
+    for mode in ("baseline", "optimized"):
+        step = r["step"][mode]
+        assert step["samples_per_s"] > 0
+        assert abs(step["ms_per_step"] - 1000 * 2 / step["samples_per_s"]) < 1e-6 * step["ms_per_step"]
+        assert abs(step["tflops"] - step["samples_per_s"] * flop / 1e12) < 1e-9
+        assert step["peak_memory_gb"] > 0
+        assert r["epoch"][mode]["samples_per_s"] > 0
+    assert r["step"]["baseline"]["execution"]["channels_last"] is False
+    assert r["step"]["optimized"]["execution"]["channels_last"] is True
+    assert r["loader"]["hdf5"]["samples_per_s"] > 0 and r["loader"]["staged"]["samples_per_s"] > 0
+    assert r["loader"]["staged"]["staging_s"] > 0
+    assert r["epoch"]["baseline"]["loader"] == "hdf5" and r["epoch"]["optimized"]["loader"] == "staged"
+
+
+def test_bench_rejects_bad_options(tmp_path, capsys):
+    assert main(["bench", "--device", "cpu", "--height", "30", "--json", str(tmp_path / "x.json")]) == 2
+    assert "multiples of 16" in capsys.readouterr().err
+    assert main(["bench", "--device", "cpu", "--parts", "step,nope"]) == 2
+    assert not (tmp_path / "x.json").exists()
