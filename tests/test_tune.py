@@ -329,3 +329,22 @@ def test_a_killed_worker_leaves_a_failed_trial_that_a_rerun_retries(tune_data, t
     assert len(finished) == 3
     retries = [t for t in finished if t.system_attrs.get("failed_trial") == 0]
     assert len(retries) == 1 and retries[0].params == killed.params
+
+
+@pytest.mark.parametrize("name", ["median", "hyperband", "none"])
+def test_each_pruner_option_prunes_on_reported_epochs(name):
+    from fastcam.tuning.cli import pruner
+
+    args = SimpleNamespace(pruner=name, pruner_startup_trials=1, pruner_warmup_epochs=0)
+    study = optuna.create_study(pruner=pruner(args, max_epochs=4), sampler=optuna.samplers.RandomSampler(seed=0))
+
+    def fake_training(trial):  # error falls with epochs; a larger x is a worse trial throughout
+        x = trial.suggest_float("x", 0.0, 1.0)
+        for epoch in range(1, 5):
+            objective.PruningCallback(trial, prune=True).on_epoch_end(_record(epoch, 0.5 - 0.4 * x + 0.1 * epoch))
+        return x
+
+    study.optimize(fake_training, n_trials=12)
+    pruned = [t for t in study.trials if t.state.name == "PRUNED"]
+    assert (len(pruned) > 0) == (name != "none")
+    assert all(1 in t.intermediate_values for t in study.trials)

@@ -77,9 +77,7 @@ def summary(study: optuna.Study, objectives: str, top: int = 10) -> str:
         value = f"{t.values[0]:9.3f}" if t.values else f"{'-':>9}"
         lines.append(f"{t.number:5d}  {t.state.name.lower():8} {value} {_num(a.get('epochs'), 'd', 6)} "
                      f"{_num(a.get('best_iou'), '.4f', 8)} {_num(a.get('minutes'), '.2f', 8)}  {_params(t.params)}")
-    if objectives != "time":
-        lines.append(f"value = {OBJECTIVES[objectives][0]}; a trial that missed the target is penalised "
-                     "(see fastcam.tuning.objective)")
+    lines.append("value: minutes to the target; a trial that missed it is penalised (see fastcam.tuning.objective)")
     return "\n".join(lines)
 
 

@@ -45,17 +45,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import multiprocessing
-import mmap
 import os
 import shutil
 import time
-import zlib
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -63,19 +58,11 @@ from fastcam.data import layout
 from fastcam.data.reader import shard_validation
 from fastcam.errors import ConfigError, DataError
 
-FORMAT_VERSION = 1
-INDEX_FILE = "index.json"
-INPUTS_FILE = "inputs.f16"
-LABELS_FILE = "labels.u8"
-MARKS_FILE = "checksums.u64"
-LOCK_FILE = ".stage.lock"
-INPUT_DTYPE = np.dtype(np.float16)
-LABEL_DTYPE = np.dtype(np.uint8)
-DONE = np.uint64(1 << 32)  # marker bit above the 32-bit crc
-FLOAT16_UNIT_ROUNDOFF = 2.0 ** -11
-FLOAT16_SUBNORMAL_ERROR = 2.0 ** -25
-FLOAT16_MAX = float(np.finfo(np.float16).max)
-TRAIN_MAX_ABS_ERROR = 2.0 ** -12
+from fastcam.data.stage_format import (  # noqa: F401  (re-exported: the format is part of this API)
+    DONE, FLOAT16_MAX, FLOAT16_SUBNORMAL_ERROR, FLOAT16_UNIT_ROUNDOFF, FORMAT_VERSION, INDEX_FILE, INPUT_DTYPE,
+    INPUTS_FILE, LABEL_DTYPE, LABELS_FILE, LOCK_FILE, MARKS_FILE, TRAIN_MAX_ABS_ERROR, checksum, map_file, read_index)
+from fastcam.data.stage_worker import _Pool, _Task
+
 MAX_DEFAULT_WORKERS = 8
 
 # What the reader of a cache needs; everything in the index except bookkeeping.
@@ -90,9 +77,6 @@ def train_shard(files: Sequence[Path], rank: int, world_size: int) -> list[Path]
 def shard(files: Sequence[Path], split: str, rank: int, world_size: int) -> list[Path]:
     return train_shard(files, rank, world_size) if split == "train" else shard_validation(files, rank, world_size)
 
-
-def checksum(inputs: np.ndarray | memoryview, labels: np.ndarray | memoryview) -> int:
-    return zlib.crc32(labels, zlib.crc32(inputs))
 
 
 @dataclass(frozen=True)
@@ -144,20 +128,6 @@ class _Plan:
     def sizes(self) -> dict[str, int]:
         n, h, w, c = self.shape
         return {INPUTS_FILE: n * h * w * c * INPUT_DTYPE.itemsize, LABELS_FILE: n * h * w, MARKS_FILE: n * 8}
-
-
-def read_index(directory: str | os.PathLike) -> dict:
-    """A split's ``index.json``, or a DataError naming it."""
-    path = Path(directory) / INDEX_FILE
-    try:
-        index = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"{path}: missing; stage the data first (fastcam data stage SRC DST)") from None
-    except (OSError, ValueError) as err:
-        raise DataError(f"{path}: unreadable staging index ({err})") from None
-    if not isinstance(index, dict) or index.get("format_version") != FORMAT_VERSION:
-        raise DataError(f"{path}: not a format-{FORMAT_VERSION} staging index; stage the data again")
-    return index
 
 
 def stage_dataset(src: str | os.PathLike, dst: str | os.PathLike, *, rank: int = 0, world_size: int = 1,
@@ -361,137 +331,3 @@ def _write_index(directory: Path, index: dict) -> None:
     from fastcam.config import atomic_write_text
 
     atomic_write_text(directory / INDEX_FILE, json.dumps(index, indent=1) + "\n")
-
-
-def map_file(path: Path, writable: bool) -> mmap.mmap:
-    """The whole file, memory-mapped (the caller closes it)."""
-    fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
-    try:
-        return mmap.mmap(fd, 0, access=mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ)
-    finally:
-        os.close(fd)
-
-
-# ---- worker side: one sample per task, in spawned processes (or in-process for one worker) ----
-
-@dataclass(frozen=True)
-class _Task:
-    action: str  # "stage" or "verify"
-    split: str
-    directory: str
-    index: int
-    source: str
-    sample_shape: tuple[int, int, int]  # H, W, C
-    stats: tuple  # (minval, maxval, channels), plain tuples: cheap to pickle
-    mark: int  # verify: the marker recorded for the sample
-
-
-class _Pool:
-    """Spawned worker processes (spawn, not fork: forking a parent that holds
-    threads -- BLAS, torch, tqdm's monitor -- can deadlock the child), or
-    in-process work for a single worker."""
-
-    def __init__(self, workers: int):
-        self.workers = workers
-        self.executor: ProcessPoolExecutor | None = None
-
-    def __enter__(self) -> "_Pool":
-        if self.workers > 1:
-            self.executor = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                                initializer=_init_worker)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.executor is not None:  # on an error: drop queued tasks, let running ones finish
-            self.executor.shutdown(wait=True, cancel_futures=True)
-
-    def run(self, tasks: Iterable[_Task]) -> Iterator[tuple[_Task, object]]:
-        if self.executor is None:
-            yield from map(_work, tasks)
-            return
-        futures = [self.executor.submit(_work, task) for task in tasks]
-        try:
-            for future in as_completed(futures):
-                yield future.result()
-        except BrokenProcessPool:
-            # concurrent.futures reports a killed worker instead of hanging like multiprocessing.Pool.
-            raise DataError("a staging worker process died (killed or out of memory); "
-                            "run the same command again to resume") from None
-
-
-def _init_worker() -> None:
-    import torch
-
-    torch.set_num_threads(1)  # one process per core already; more threads only oversubscribe
-
-
-def _work(task: _Task) -> tuple[_Task, object]:
-    return task, (_verify_sample(task) if task.action == "verify" else _stage_sample(task))
-
-
-def _sample_ranges(task: _Task) -> tuple[tuple[int, int], tuple[int, int]]:
-    """(offset, length) in bytes of the sample in the inputs and in the labels file."""
-    height, width, channels = task.sample_shape
-    inputs = height * width * channels * INPUT_DTYPE.itemsize
-    labels = height * width * LABEL_DTYPE.itemsize
-    return (task.index * inputs, inputs), (task.index * labels, labels)
-
-
-def _stage_sample(task: _Task) -> int:
-    """Read, normalise (the reference reader's code), convert, write, flush, re-read; the checksum."""
-    import torch
-
-    from fastcam.data.reader import CamDataset
-
-    source = Path(task.source)
-    minval, maxval, channels = task.stats
-    dataset = CamDataset([source], np.asarray(minval, np.float32), np.asarray(maxval, np.float32),
-                         None if channels is None else list(channels), transpose=False)
-    data, label, _ = dataset[0]  # torch: float32 H x W x C, int64 H x W
-    if tuple(data.shape) != task.sample_shape or tuple(label.shape) != task.sample_shape[:2]:
-        raise DataError(f"{source}: data {tuple(data.shape)} and labels {tuple(label.shape)} differ from the "
-                        f"shard's first file ({task.sample_shape}); all samples must have the same size")
-    # One min/max pass instead of isfinite: NaN fails both comparisons, inf the range check.
-    low, high = (float(v) for v in torch.aminmax(data))
-    if not -FLOAT16_MAX <= low <= high <= FLOAT16_MAX:
-        raise DataError(f"{source}: normalised values span [{low}, {high}]: non-finite or beyond float16's range")
-    label_low, label_high = (int(v) for v in torch.aminmax(label))
-    if label_low < 0 or label_high > np.iinfo(LABEL_DTYPE).max:
-        raise DataError(f"{source}: labels outside 0..255 cannot be staged as uint8")
-    # torch's float16 conversion is vectorised; NumPy's astype is several times slower.
-    inputs = data.to(torch.float16).numpy()
-    labels = label.to(torch.uint8).numpy()
-    expected = checksum(inputs, labels)
-    directory = Path(task.directory)
-    for name, array, (offset, length) in zip((INPUTS_FILE, LABELS_FILE), (inputs, labels), _sample_ranges(task)):
-        try:
-            mapped = map_file(directory / name, writable=True)
-        except OSError as err:
-            raise DataError(f"{directory / name}: cannot open for writing ({err})") from None
-        with mapped, memoryview(mapped) as view:
-            view[offset:offset + length] = memoryview(array).cast("B")
-            aligned = offset - offset % mmap.ALLOCATIONGRANULARITY
-            mapped.flush(aligned, offset + length - aligned)  # the data is durable before its marker
-    if _read_checksum(task) != expected:
-        raise DataError(f"{directory}: sample {task.index} ({source}) reads back differently than written")
-    return expected
-
-
-def _read_checksum(task: _Task) -> int:
-    directory = Path(task.directory)
-    (input_offset, input_length), (label_offset, label_length) = _sample_ranges(task)
-    with map_file(directory / INPUTS_FILE, writable=False) as inputs, \
-            map_file(directory / LABELS_FILE, writable=False) as labels, \
-            memoryview(inputs) as input_view, memoryview(labels) as label_view:
-        return checksum(input_view[input_offset:input_offset + input_length],
-                        label_view[label_offset:label_offset + label_length])
-
-
-def _verify_sample(task: _Task) -> bool:
-    """Whether a sample marked done still holds the bytes whose checksum was recorded."""
-    if not task.mark & int(DONE):
-        return False
-    try:
-        return _read_checksum(task) == task.mark & 0xFFFFFFFF
-    except OSError:
-        return False
