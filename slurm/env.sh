@@ -5,7 +5,8 @@
 #
 # Defines: fastcam_die MESSAGE, fastcam_require_dir NAME, fastcam_launch
 # PATTERN ARGS... (runs `fastcam ARGS` as every task of the job, each task's
-# output in its own file PATTERN, %t = task id) and fastcam_finish STATUS
+# output in its own file PATTERN, %t = task id), fastcam_stage_dir and
+# fastcam_remove_stage_dir (node-local staging), and fastcam_finish STATUS
 # (writes OUTPUT_DIR/slurm-JOBID.exit and exits with STATUS).
 
 fastcam_die() {
@@ -16,7 +17,7 @@ fastcam_die() {
 [[ -n "${SLURM_JOB_ID:-}" ]] || fastcam_die "submit this script with sbatch (SLURM_JOB_ID is not set)"
 
 # --- resources: one task per GPU ------------------------------------------
-GPUS_PER_NODE="${GPUS_PER_NODE:-4}"
+GPUS_PER_NODE="${GPUS_PER_NODE:-${SLURM_GPUS_ON_NODE:-4}}"  # Slurm sets it when GPUs are allocated
 [[ "$GPUS_PER_NODE" =~ ^[0-9]+$ ]] || fastcam_die "GPUS_PER_NODE must be a whole number, not '$GPUS_PER_NODE'"
 if ((GPUS_PER_NODE > 0)); then
   DEVICE="${DEVICE:-cuda}"
@@ -45,7 +46,10 @@ mkdir -p -- "$OUTPUT_DIR" || fastcam_die "cannot create OUTPUT_DIR '$OUTPUT_DIR'
 if [[ -n "${FASTCAM_SETUP:-}" ]]; then
   # e.g. "module load cuda/12.4; source ~/venvs/fastcam/bin/activate"; srun
   # hands the resulting environment to every task.
+  # Activation scripts (conda's among them) read unset variables: no `set -u` here.
+  set +u
   eval "$FASTCAM_SETUP" || fastcam_die "FASTCAM_SETUP failed: $FASTCAM_SETUP"
+  set -u
 fi
 read -ra FASTCAM_CMD <<<"${FASTCAM:-fastcam}"
 read -ra FASTCAM_CONTAINER_CMD <<<"${FASTCAM_CONTAINER:-}"
@@ -98,6 +102,24 @@ fastcam_launch() {
   echo "fastcam-slurm: each task's output: $pattern (%t = task id)"
   "${FASTCAM_SRUN[@]}" --output="$pattern" "$FASTCAM_SLURM_DIR/task.sh" \
     "${FASTCAM_CONTAINER_CMD[@]}" "${FASTCAM_CMD[@]}" "$@"
+}
+
+# fastcam_stage_dir: STAGE_DIR, or a per-job default under TMPDIR that
+# fastcam_remove_stage_dir removes again (a STAGE_DIR the user set is kept).
+fastcam_stage_dir() {
+  STAGE_DIR_DEFAULTED=0
+  if [[ -z "${STAGE_DIR:-}" ]]; then
+    STAGE_DIR="${TMPDIR:-/tmp}/fastcam-stage-$SLURM_JOB_ID"
+    STAGE_DIR_DEFAULTED=1
+  fi
+}
+
+fastcam_remove_stage_dir() {
+  if ((STAGE_DIR_DEFAULTED)); then
+    # One task per node removes that node's copy (node-local disks are not shared).
+    srun --nodes="$NODES" --ntasks="$NODES" --ntasks-per-node=1 --cpus-per-task=1 \
+      rm -rf -- "$STAGE_DIR" || echo "fastcam-slurm: warning: could not remove $STAGE_DIR on every node" >&2
+  fi
 }
 
 # fastcam_finish STATUS: record how the job ended, then end with that status.

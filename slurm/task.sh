@@ -8,7 +8,9 @@
 # FASTCAM_TASK_ALONE=1 makes the task an independent worker instead of a rank
 # of one distributed run (the tuning workers): the launcher's rank variables
 # are removed, so fastcam's wire-up `auto` resolves to a single process, and
-# the task keeps one GPU of its node (entry SLURM_LOCALID of the node's GPUs).
+# the task keeps one GPU of its node (entry SLURM_LOCALID of the node's GPUs);
+# with FASTCAM_TASK_STAGE_ROOT set, `--stage_dir ROOT/worker-LOCALID` is added
+# to the command, so that concurrent workers never stage into one directory.
 set -uo pipefail
 
 rank="${SLURM_PROCID:-0}"
@@ -27,6 +29,9 @@ if [[ "${FASTCAM_TASK_ALONE:-0}" == 1 ]]; then
     export CUDA_VISIBLE_DEVICES="$((local_id % GPUS_PER_NODE))"
   fi
   echo "fastcam-task: independent worker${CUDA_VISIBLE_DEVICES:+ on GPU $CUDA_VISIBLE_DEVICES}"
+  if [[ -n "${FASTCAM_TASK_STAGE_ROOT:-}" ]]; then
+    set -- "$@" --stage_dir "$FASTCAM_TASK_STAGE_ROOT/worker-$local_id"
+  fi
 fi
 
 (($# > 0)) || { echo "fastcam-task: error: no command given" >&2; exit 2; }

@@ -328,18 +328,24 @@ def test_tune_script_starts_independent_workers_on_one_study(slurm_cluster, tiny
     out = tmp_path / "study"
     storage = f"sqlite:///{tmp_path}/study.db"
     env = job_env(DATA_DIR=str(tiny_data), OUTPUT_DIR=str(out), STUDY_NAME="ci-study", STORAGE=storage, TRIALS="6",
-                  CUDA_VISIBLE_DEVICES="3,5", **recorder)
+                  CUDA_VISIBLE_DEVICES="3,5", TMPDIR=str(tmp_path / "node-local"), **recorder)
     job = sbatch(["--ntasks=2", f"--output={tmp_path}/slurm-%j.out", str(SLURM_DIR / "tune.sbatch"),
                   "--max_epochs", "2"], env)
     assert_clean_exit(wait_for_job(job), out)
     records = recorded(Path(recorder["RECORD_DIR"]))
     assert len(records) == 2
+    stage = tmp_path / "node-local" / f"fastcam-stage-{job}"
+    stage_dirs = []
     for r in records:
-        assert r["argv"] == ["tune", "--study_name", "ci-study", "--storage", storage, "--trials", "6",
-                             "--data_dir_prefix", str(tiny_data), "--output_dir", str(out), "--device", "cpu",
-                             "--max_epochs", "2"]
+        assert r["argv"][:-2] == ["tune", "--study_name", "ci-study", "--storage", storage, "--trials", "6",
+                                  "--data_dir_prefix", str(tiny_data), "--output_dir", str(out), "--device", "cpu",
+                                  "--max_epochs", "2", "--stage_dir"]
+        stage_dirs.append(r["argv"][-1])
         # Not ranks of one run: fastcam's wire-up `auto` must see a single process.
         assert (r["env"]["SLURM_PROCID"], r["env"]["PMI_RANK"]) == (None, None)
+    # Concurrent workers staging into one directory would collide: each gets its own, removed afterwards.
+    assert sorted(stage_dirs) == [str(stage / "worker-0"), str(stage / "worker-1")]
+    assert not stage.exists()
     assert sorted(r["env"]["CUDA_VISIBLE_DEVICES"] for r in records) == ["3", "5"]  # one GPU per worker
     assert sorted(p.name for p in (out / "workers").iterdir()) == [f"job-{job}-worker-{t}.out" for t in (0, 1)]
 

@@ -24,7 +24,7 @@ import yaml
 from fastcam import guard
 from fastcam.cli import main
 from fastcam.config import Config, baseline, optimized
-from fastcam.errors import ConfigError, GuardError
+from fastcam.errors import ConfigError, FastcamError, GuardError
 from fastcam.train.cli import parse_train_config
 from fastcam.train.trainer import EpochRecord
 from fastcam.tuning import heartbeat, objective, params, space as sp, study as st
@@ -135,9 +135,10 @@ def test_pinned_flags_remove_parameters_from_the_space():
 
 
 # -- objective and pruning -------------------------------------------------------------
-def _result(reached, best_iou, epochs, minutes_to_target=None, total_minutes=1.0):
+def _result(reached, best_iou, epochs, minutes_to_target=None, total_minutes=1.0, train_loss=0.5):
+    history = [_record(e, best_iou, train_loss) for e in range(1, epochs + 1)]
     return SimpleNamespace(reached=reached, best_iou=best_iou, epochs=epochs, minutes_to_target=minutes_to_target,
-                           total_minutes=total_minutes)
+                           total_minutes=total_minutes, history=history)
 
 
 def test_missing_the_target_is_penalised_but_still_ranked_by_accuracy():
@@ -149,6 +150,10 @@ def test_missing_the_target_is_penalised_but_still_ranked_by_accuracy():
     assert reached[0] < close[0] < far[0] and reached[1] < close[1] < far[1]
     nan = objective.objective_values(_result(False, float("nan"), 3, total_minutes=3.0), 0.82, 10, "time")
     assert nan == [pytest.approx(20.0)]  # 10 epochs x (2 - 0), at 1 min per epoch
+    # A NaN network predicts background everywhere, which can score above a low target: still a failure.
+    diverged = objective.objective_values(_result(True, 0.9, 2, minutes_to_target=2.0, total_minutes=2.0,
+                                                  train_loss=float("nan")), 0.82, 10, "time-epochs")
+    assert diverged == [pytest.approx(20.0), pytest.approx(20.0)]
 
 
 def _record(epoch, eval_iou, train_loss=0.5):
@@ -183,8 +188,10 @@ def test_study_is_created_once_then_joined_and_a_different_space_is_refused(tmp_
         st.open_study("s", storage, ["minimize", "minimize"], None, None, {"start_lr": {"low": 1, "high": 2}})
 
 
-def test_a_trial_without_heartbeat_is_failed_and_retried_once(tmp_path):
-    study = optuna.create_study(storage=st.open_storage(None, tmp_path), study_name="hb")
+@pytest.mark.parametrize("kind", ["journal", "sqlite"])
+def test_a_trial_without_heartbeat_is_failed_and_retried_once(tmp_path, kind):
+    url = None if kind == "journal" else f"sqlite:///{tmp_path / 'tune.db'}"
+    study = optuna.create_study(storage=st.open_storage(url, tmp_path), study_name="hb")
     stale, alive = study.ask(), study.ask()
     stale.suggest_float("start_lr", 1e-4, 1e-2)
     alive.suggest_float("start_lr", 1e-4, 1e-2)
@@ -201,6 +208,32 @@ def test_a_trial_without_heartbeat_is_failed_and_retried_once(tmp_path):
     retry = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
     assert len(retry) == 1 and retry[0].params == stale.params
     assert retry[0].system_attrs["failed_trial"] == stale.number
+
+
+def test_worker_survives_out_of_memory_trials_but_gives_up_after_several_in_a_row(tmp_path):
+    import torch
+
+    study = optuna.create_study(storage=st.open_storage(None, tmp_path), study_name="oom")
+    lines: list[str] = []
+
+    def sometimes_out_of_memory(trial):
+        if trial.suggest_int("local_batch_size", 1, 64) > 32:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return 1.0
+
+    for number in range(6):  # batch sizes 8, 48, 16, 40, 24, 4: two failures, never three in a row
+        study.enqueue_trial({"local_batch_size": (8, 48, 16, 40, 24, 4)[number]})
+    ran = st.run_worker(study, sometimes_out_of_memory, n_trials=4, grace=60, echo=lines.append,
+                        catch=(torch.cuda.OutOfMemoryError,))
+    assert ran == 6 and _states(study) == {"COMPLETE": 4, "FAIL": 2}
+    assert any("trial 1: failed" in line and "out of memory" in line for line in lines)
+    with pytest.raises(FastcamError, match="3 trials in a row failed.*out of memory"):
+        for _ in range(3):
+            study.enqueue_trial({"local_batch_size": 64})
+        st.run_worker(study, sometimes_out_of_memory, n_trials=10, grace=60, echo=lines.append,
+                      catch=(torch.cuda.OutOfMemoryError,))
+    with pytest.raises(ValueError):  # anything else stops the worker at once
+        st.run_worker(study, lambda t: int("x"), n_trials=10, grace=60, echo=lines.append)
 
 
 def test_worker_device_picks_the_local_gpu_when_several_are_visible():
@@ -336,7 +369,9 @@ def test_each_pruner_option_prunes_on_reported_epochs(name):
     from fastcam.tuning.cli import pruner
 
     args = SimpleNamespace(pruner=name, pruner_startup_trials=1, pruner_warmup_epochs=0)
-    study = optuna.create_study(pruner=pruner(args, max_epochs=4), sampler=optuna.samplers.RandomSampler(seed=0))
+    # A fixed study name: Hyperband assigns brackets by a hash of the name and the trial number.
+    study = optuna.create_study(study_name="pruners", pruner=pruner(args, max_epochs=4),
+                                sampler=optuna.samplers.RandomSampler(seed=0))
 
     def fake_training(trial):  # error falls with epochs; a larger x is a worse trial throughout
         x = trial.suggest_float("x", 0.0, 1.0)
@@ -348,3 +383,22 @@ def test_each_pruner_option_prunes_on_reported_epochs(name):
     pruned = [t for t in study.trials if t.state.name == "PRUNED"]
     assert (len(pruned) > 0) == (name != "none")
     assert all(1 in t.intermediate_values for t in study.trials)
+
+
+def test_best_trial_is_the_fastest_pareto_optimal_one_and_best_yaml_is_guard_checked(tmp_path):
+    from fastcam.tuning import report
+
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    study.tell(study.ask(), state=optuna.trial.TrialState.PRUNED)
+    assert report.best_trial(study) is None  # nothing completed yet
+    for minutes, epochs, lr in ((5.0, 9.0, 1e-3), (4.0, 12.0, 2e-3), (6.0, 8.0, 3e-3), (7.0, 13.0, 4e-3)):
+        study.enqueue_trial({"start_lr": lr})
+        trial = study.ask()
+        trial.suggest_float("start_lr", 1e-4, 1e-2, log=True)
+        study.tell(trial, [minutes, epochs])
+    assert report.best_trial(study).params == {"start_lr": 2e-3}
+    path = tmp_path / "best.yaml"
+    report.write_best(study, optimized(), path)
+    assert parse_train_config(["--config", str(path)]).hyperparameters.start_lr == 2e-3
+    report.write_csv(study, tmp_path / "trials.csv", "time-epochs")
+    assert (tmp_path / "trials.csv").read_text().startswith("number,state,value_minutes,value_epochs,")

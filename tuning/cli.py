@@ -83,10 +83,62 @@ def build_base(args: argparse.Namespace):
 
 def run_tune(args: argparse.Namespace) -> int:
     from fastcam.data.layout import list_files
-    from fastcam.config import baseline, optimized
-    from . import report, space as space_mod, study as study_mod
-    from .params import recipe_params
+    from . import space as space_mod, study as study_mod
 
+    grace = _check_tuning_flags(args)
+    # The space is vetted before anything else runs or is written.
+    pinned = [n for n in PINNABLE if n in vars(args)]
+    space = space_mod.load_space(args.space).without(pinned)
+    if not space.params:
+        raise ConfigError(f"{space.source}: nothing left to tune (every parameter is pinned by a flag)")
+    base = build_base(args)
+    # best.yaml keeps the user's device; the trials run on this worker's own device.
+    trial_base = dataclasses.replace(base, run=dataclasses.replace(base.run, device=worker_device(base.run.device)))
+    scale = space_mod.run_scale(len(list_files(base.run.data_dir_prefix, "train")),
+                                base.hyperparameters.local_batch_size)
+    resolved = space_mod.resolve(space, scale)
+    if getattr(args, "print_config", False):
+        import yaml
+
+        described = {"base": trial_base.to_dict(), "space": space_mod.describe(resolved)}
+        print(yaml.safe_dump(described, sort_keys=False), end="")
+        return 0
+
+    import optuna
+    import torch
+
+    from .objective import Objective
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # progress is printed per trial instead
+    out = Path(base.run.output_dir)
+    directions = ["minimize"] * (2 if args.objectives == "time-epochs" else 1)
+    study, created = study_mod.open_study(args.study_name, study_mod.open_storage(args.storage, out), directions,
+                                          sampler(base.run.seed), pruner(args, base.run.max_epochs),
+                                          space_mod.describe(resolved))
+    if created:
+        study_mod.enqueue(study, _recipe_trials(resolved, space, scale, base))
+    else:
+        # --seed makes a single worker's study reproducible; workers that join sample with their own
+        # randomness, or all of them would propose the same values.
+        study.sampler = sampler(None)
+    finished = sum(study_mod.counts(study)[s] for s in study_mod.FINISHED)
+    _echo(f"fastcam tune: study '{study.study_name}' ({'new' if created else 'joined'}), {finished}/{args.trials} "
+          f"trials finished; global batch {scale.global_batch}, {scale.steps_per_epoch} steps/epoch, "
+          f"epoch budget {base.run.max_epochs}, target {base.run.target_iou}; device {trial_base.run.device}")
+    if pinned:
+        _echo(f"pinned by flags: {', '.join(pinned)}")
+    if len(directions) > 1 and args.pruner != "none":
+        _echo("note: optuna prunes single-objective studies only; time-epochs trials run to the end")
+
+    objective = Objective(trial_base, resolved, args.objectives, args.heartbeat_interval, _echo)
+    # Out of device memory (a large sampled batch size) fails that trial, not the search.
+    study_mod.run_worker(study, objective, args.trials, grace, _echo, catch=(torch.cuda.OutOfMemoryError,))
+    _report(study, base, out, args.objectives)
+    return 0
+
+
+def _check_tuning_flags(args: argparse.Namespace) -> float:
+    """Validate the tuning flags; returns the grace period in seconds."""
     for name, low in (("trials", 1), ("pruner_startup_trials", 0), ("pruner_warmup_epochs", 0)):
         if getattr(args, name) < low:
             raise ConfigError(f"--{name} must be >= {low}, got {getattr(args, name)}")
@@ -95,68 +147,42 @@ def run_tune(args: argparse.Namespace) -> int:
     grace = args.grace_period if args.grace_period is not None else 3 * args.heartbeat_interval
     if grace <= args.heartbeat_interval:
         raise ConfigError(f"--grace_period {grace:g} must exceed --heartbeat_interval {args.heartbeat_interval:g}")
+    return grace
 
-    # The space is vetted before anything else runs or is written.
-    pinned = [n for n in PINNABLE if n in vars(args)]
-    space = space_mod.load_space(args.space).without(pinned)
-    base = build_base(args)
-    echo = _echo
-    if not space.params:
-        raise ConfigError(f"{space.source}: nothing left to tune (every parameter is pinned by a flag)")
-    base.run = dataclasses.replace(base.run, device=worker_device(base.run.device))
-    scale = space_mod.run_scale(len(list_files(base.run.data_dir_prefix, "train")),
-                                base.hyperparameters.local_batch_size)
-    resolved = space_mod.resolve(space, scale)
-    if getattr(args, "print_config", False):
-        import yaml
 
-        print(yaml.safe_dump({"base": base.to_dict(), "space": space_mod.describe(resolved)}, sort_keys=False), end="")
-        return 0
+def _recipe_trials(resolved, space, scale, base) -> list[tuple[str, dict]]:
+    """The baseline hyperparameters and the optimized defaults, as the study's first trials."""
+    from fastcam.config import baseline, optimized
+    from .params import recipe_params
 
-    import optuna
+    trials: list[tuple[str, dict]] = []
+    for label, recipe in (("baseline", baseline()), ("optimized", optimized())):
+        values = recipe_params(recipe, resolved, space, scale, base)
+        if values and values not in [v for _, v in trials]:
+            trials.append((label, values))
+    return trials
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # progress is printed per trial below
-    out = Path(base.run.output_dir)
-    storage = study_mod.open_storage(args.storage, out)
-    directions = ["minimize"] * (2 if args.objectives == "time-epochs" else 1)
-    study, created = study_mod.open_study(args.study_name, storage, directions, sampler(base.run.seed),
-                                          pruner(args, base.run.max_epochs), space_mod.describe(resolved))
-    if created:
-        recipes = [(label, recipe_params(r, resolved, space, scale, base)) for label, r in
-                   (("baseline", baseline()), ("optimized", optimized()))]
-        study_mod.enqueue(study, [(label, p) for i, (label, p) in enumerate(recipes)
-                                  if p and p not in [q for _, q in recipes[:i]]])
-    finished = sum(study_mod.counts(study)[s] for s in study_mod.FINISHED)
-    echo(f"fastcam tune: study '{study.study_name}' ({'new' if created else 'joined'}), {finished}/{args.trials} "
-         f"trials finished; global batch {scale.global_batch}, {scale.steps_per_epoch} steps/epoch, "
-         f"epoch budget {base.run.max_epochs}, target {base.run.target_iou}; device {base.run.device}")
-    if pinned:
-        echo(f"pinned by flags: {', '.join(pinned)}")
-    if len(directions) > 1 and args.pruner != "none":
-        echo("note: optuna prunes single-objective studies only; time-epochs trials run to the end")
 
-    from .objective import Objective
-
-    objective = Objective(base, resolved, args.objectives, args.heartbeat_interval, echo)
-    study_mod.run_worker(study, objective, args.trials, grace, echo)
+def _report(study, base, out: Path, objectives: str) -> None:
+    from . import report
 
     best = report.write_best(study, base, out / "best.yaml")
-    report.write_csv(study, out / "trials.csv", args.objectives)
-    echo(report.summary(study, args.objectives))
-    report.write_plots(study, out / "plots", args.objectives, echo)
+    report.write_csv(study, out / "trials.csv", objectives)
+    _echo(report.summary(study, objectives))
+    report.write_plots(study, out / "plots", objectives, _echo)
     if best is None:
-        echo(f"no trial completed yet; wrote {out / 'trials.csv'}")
+        _echo(f"no trial completed yet; wrote {out / 'trials.csv'}")
     else:
-        echo(f"best: trial {best.number}; wrote {out / 'best.yaml'} (replay: fastcam train --mode optimized "
-             f"--config {out / 'best.yaml'}), {out / 'trials.csv'}, {out / 'plots'}")
-    return 0
+        _echo(f"best: trial {best.number}; wrote {out / 'best.yaml'} (replay: fastcam train --mode optimized "
+              f"--config {out / 'best.yaml'}), {out / 'trials.csv'}, {out / 'plots'}")
 
 
 def sampler(seed: int | None):
     import optuna
 
-    # TPE handles the conditional schedule parameters and both objective modes.
-    return optuna.samplers.TPESampler(seed=seed)
+    # TPE handles the conditional schedule parameters and both objective modes; the constant liar keeps
+    # concurrent workers from proposing the same values for trials that are still running.
+    return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
 
 
 def pruner(args: argparse.Namespace, max_epochs: int):

@@ -52,6 +52,8 @@ class Heartbeat:
                 self._storage.set_trial_system_attr(self._trial_id, HEARTBEAT_ATTR, time.time())
             except optuna.exceptions.UpdateFinishedTrialError:
                 return  # another worker judged this trial stale; nothing left to keep alive
+            except Exception:  # a transient storage error (database restart, NFS hiccup): beat again next time
+                continue
 
 
 def last_sign_of_life(trial: FrozenTrial) -> float:

@@ -11,7 +11,8 @@ Objective values (all minimised):
 ``max_epochs * (2 - best_iou / target)`` epochs: more than any trial that
 reached the target within the budget, and less the closer its best accuracy
 came, so the sampler still learns from failures. Its time is that many epochs
-at the trial's own minutes per epoch.
+at the trial's own minutes per epoch. A trial whose training loss became
+non-finite counts as a failure with IoU 0, whatever its accuracy.
 
 **Pruning.** After each evaluation the trainer calls
 :class:`PruningCallback`, which reports ``1 - eval_iou`` (the IoU error, so that
@@ -57,12 +58,18 @@ def penalty_epochs(best_iou: float, target: float, max_epochs: int) -> float:
     return max_epochs * (2.0 - min(best, target) / target)
 
 
+def diverged(result) -> bool:
+    """Whether the training loss became non-finite in any epoch of a ``TrainResult``."""
+    return any(not math.isfinite(r.train_loss) for r in result.history)
+
+
 def objective_values(result, target: float, max_epochs: int, objectives: str) -> list[float]:
     """The trial's values from a ``TrainResult`` (see the module docstring)."""
-    if result.reached:
+    if result.reached and not diverged(result):
         minutes, epochs = float(result.minutes_to_target), float(result.epochs)
     else:
-        epochs = penalty_epochs(result.best_iou, target, max_epochs)
+        # A diverged network's accuracy is meaningless (see PruningCallback): charged as IoU 0.
+        epochs = penalty_epochs(0.0 if diverged(result) else result.best_iou, target, max_epochs)
         minutes = epochs * result.total_minutes / max(1, result.epochs)
     return [minutes, epochs][: len(OBJECTIVES[objectives])]
 
@@ -127,9 +134,13 @@ class Objective:
         values = objective_values(result, run.target_iou, run.max_epochs, self.objectives)
         _record(trial, epochs=result.epochs, best_iou=result.best_iou, reached=result.reached,
                 minutes=result.minutes_to_target if result.reached else result.total_minutes)
-        outcome = (f"reached {run.target_iou} in {result.epochs} epoch(s), {result.minutes_to_target:.2f} min"
-                   if result.reached else
-                   f"target not reached in {result.epochs} epoch(s), best IoU {result.best_iou:.4f} (penalised)")
+        if diverged(result):
+            trial.set_user_attr("diverged", True)
+            outcome = f"diverged (non-finite training loss) in {result.epochs} epoch(s) (penalised as IoU 0)"
+        elif result.reached:
+            outcome = f"reached {run.target_iou} in {result.epochs} epoch(s), {result.minutes_to_target:.2f} min"
+        else:
+            outcome = f"target not reached in {result.epochs} epoch(s), best IoU {result.best_iou:.4f} (penalised)"
         self.echo(f"trial {trial.number}: done   {outcome}; value {', '.join(f'{v:.3f}' for v in values)}")
         return values[0] if len(values) == 1 else values
 

@@ -112,7 +112,7 @@ def recipe_params(recipe: Config, resolved: dict[str, ParamSpec], space: SearchS
         value = values[name]
         if name in STEP_FIELDS:
             value = max(1 if name == "lr_schedule.t_max" else 0, round(value * step_ratio))
-        elif name in ("start_lr", "lr_schedule.eta_min") and _scaled(space, name):
+        elif _scaled(space, name):
             value = value * lr_factor(space, scale)
         if spec.choices is not None and value not in spec.choices:
             continue

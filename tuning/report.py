@@ -69,8 +69,8 @@ def summary(study: optuna.Study, objectives: str, top: int = 10) -> str:
     done = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.values[0])
     pruned = sorted((t for t in trials if t.state == TrialState.PRUNED),
                     key=lambda t: -(t.user_attrs.get("best_iou") or 0.0))
-    states = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState if any(t.state == s for t in trials)}
-    lines = [f"study '{study.study_name}': " + ", ".join(f"{n} {s}" for s, n in states.items())]
+    states = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
+    lines = [f"study '{study.study_name}': " + ", ".join(f"{n} {s}" for s, n in states.items() if n)]
     lines.append(f"{'trial':>5}  {'state':8} {'value':>9} {'epochs':>6} {'best IoU':>8} {'minutes':>8}  parameters")
     for t in (done + pruned)[:top]:
         a = t.user_attrs

@@ -20,13 +20,14 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from fastcam.errors import ConfigError
+from fastcam.errors import ConfigError, FastcamError
 from .heartbeat import fail_stale_trials
 
 JOURNAL_NAME = "tuning.journal"
 SPACE_ATTR = "fastcam:space"
 OBJECTIVES_ATTR = "fastcam:objectives"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+MAX_FAILURES_IN_A_ROW = 3
 
 
 def open_storage(url: str | None, output_dir: str | Path):
@@ -87,14 +88,24 @@ def counts(study: optuna.Study) -> dict[TrialState, int]:
 
 
 def run_worker(study: optuna.Study, objective: Callable, n_trials: int, grace: float,
-               echo: Callable[[str], None] = print) -> int:
+               echo: Callable[[str], None] = print, catch: tuple[type[Exception], ...] = ()) -> int:
     """Run trials until the study has ``n_trials`` finished ones; returns how many this worker ran.
 
     A worker stops when the finished trials plus those running elsewhere reach
     the count and none wait to be run (a retry enqueued for a dead worker's
-    trial is picked up here).
+    trial is picked up here). An exception in ``catch`` (e.g. out of device
+    memory for a large batch size) fails that trial only; after
+    ``MAX_FAILURES_IN_A_ROW`` such trials the worker gives up. Any other error
+    fails the trial and stops the worker.
     """
-    ran = 0
+    def recorded(trial: optuna.Trial):
+        try:
+            return objective(trial)
+        except catch as err:  # optuna records no reason for a caught failure; keep one for the report
+            trial.set_user_attr("error", f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+            raise
+
+    ran, failures_in_a_row = 0, 0
     while True:
         fail_stale_trials(study, grace, echo)
         c = counts(study)
@@ -108,9 +119,18 @@ def run_worker(study: optuna.Study, objective: Callable, n_trials: int, grace: f
             with warnings.catch_warnings():
                 # Enqueued recipe values outside a range are intended (see params.recipe_params).
                 warnings.filterwarnings("ignore", message="Fixed parameter .* is out of range")
-                study.optimize(objective, n_trials=1, catch=())
+                outcome: list[optuna.trial.FrozenTrial] = []
+                study.optimize(recorded, n_trials=1, catch=catch, callbacks=[lambda _s, t: outcome.append(t)])
         except optuna.exceptions.UpdateFinishedTrialError:
             # This worker was judged dead (no heartbeat within the grace period) and its trial retried.
             echo("this worker's trial was marked failed by another worker (heartbeat too late); continuing")
+            outcome = []
         ran += 1
+        failed = [t for t in outcome if t.state == TrialState.FAIL]
+        failures_in_a_row = failures_in_a_row + 1 if failed else 0
+        for trial in failed:
+            echo(f"trial {trial.number}: failed ({trial.user_attrs.get('error', 'error')})")
+        if failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
+            raise FastcamError(f"{failures_in_a_row} trials in a row failed, the last one with: "
+                               f"{failed[-1].user_attrs.get('error', 'an error')}")
 
