@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # Settings shared by the fastcam sbatch scripts (baseline, optimized, tune).
 # Sourced by them inside the job, never run on its own. Every knob is an
-# environment variable; slurm/README.md documents each one.
+# environment variable; docs/slurm.md documents each one.
 #
 # Defines: fastcam_die MESSAGE, fastcam_require_dir NAME, fastcam_launch
 # PATTERN ARGS... (runs `fastcam ARGS` as every task of the job, each task's

@@ -251,30 +251,19 @@ def test_loader_throughput_on_cpu(tiny_synthetic, tmp_path):
     print(f"\nstaged loader, CPU, 32 x 48: {samples / seconds:.0f} samples/s")
 
 
-def test_a_directory_being_staged_is_not_staged_into_twice(random_dataset, tmp_path):
+def test_a_directory_being_staged_waits_for_the_other_stager(random_dataset, tmp_path):
     import fcntl
+    import threading
 
     dst = tmp_path / "staged"
     dst.mkdir()
+    results = []
     with open(dst / stage.LOCK_FILE, "a") as held:
         fcntl.flock(held, fcntl.LOCK_EX)  # as another process staging there would
-        with pytest.raises(DataError, match="another process is staging"):
-            stage_quietly(random_dataset, dst)
-    assert stage_quietly(random_dataset, dst).staged == 19
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_loader_matches_cpu_loader_through_reused_pinned_buffers(tiny_synthetic, tmp_path):
-    dst = tmp_path / "staged"
-    stage_quietly(tiny_synthetic, dst)
-    settings = dict(batch_size=3, shuffle=True, drop_last=False, seed=4, prefetch=1, threads=2)
-    cpu = StagedLoader(dst, "train", **settings)
-    gpu = StagedLoader(dst, "train", device="cuda", **settings)
-    for epoch in range(2):  # 6 batches through 3 pinned buffers: each is refilled
-        cpu.set_epoch(epoch)
-        gpu.set_epoch(epoch)
-        for (x, y, n), (gx, gy, gn) in zip(cpu, gpu, strict=True):
-            assert gx.is_cuda and gx.is_contiguous(memory_format=torch.channels_last) and gy.dtype == torch.int64
-            assert n == gn
-            torch.cuda._sleep(1_000_000)  # a slow consumer on the main stream: the copies must still be ordered
-            assert torch.equal((gx * 1).cpu(), x) and torch.equal(gy.cpu(), y)
+        worker = threading.Thread(target=lambda: results.append(stage_quietly(random_dataset, dst)))
+        worker.start()
+        worker.join(timeout=2)
+        assert worker.is_alive() and not results  # waits instead of writing under the other stager
+    worker.join(timeout=120)
+    assert results and results[0].staged == 19
+    assert stage_quietly(random_dataset, dst).reused  # and a later call reuses the finished stage

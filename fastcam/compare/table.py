@@ -75,7 +75,8 @@ class Table:
 
 def configuration(run: RunFacts) -> tuple:
     """What makes two runs repeats of one configuration."""
-    return (run.run_type, run.target, run.nodes, run.accelerators_per_node, run.local_batch_size,
+    # Ranks too: CPU runs log 0 accelerators per node, so nodes alone cannot tell 1 from 2 processes.
+    return (run.run_type, run.target, run.nodes, run.accelerators_per_node, run.ranks, run.local_batch_size,
             run.optimizer, run.start_lr, run.weight_decay, schedule_text(run))
 
 

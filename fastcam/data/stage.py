@@ -202,8 +202,10 @@ def _stage_locked(src: Path, dst: Path, rank: int, world_size: int, workers: int
 
 @contextlib.contextmanager
 def _exclusive(dst: Path) -> Iterator[None]:
-    """Hold ``DST/.stage.lock``: two processes staging into one directory would overwrite each
-    other's shards (e.g. two ranks of a node given the same directory)."""
+    """Hold ``DST/.stage.lock`` while staging. A second process staging the
+    same directory (e.g. two tuning workers sharing an output directory) waits
+    for the first and then finds the stage complete and reuses it; ranks never
+    share a directory (fastcam.train.inputs.stage_root names it by rank)."""
     import fcntl
 
     try:
@@ -215,8 +217,8 @@ def _exclusive(dst: Path) -> Iterator[None]:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise DataError(f"{dst}: another process is staging into this directory; "
-                            "give each rank its own staging directory") from None
+            print(f"fastcam: another process is staging into {dst}; waiting for it", flush=True)
+            fcntl.flock(lock, fcntl.LOCK_EX)
         yield
 
 

@@ -131,7 +131,7 @@ def _train(config: Config, ctx, device, callbacks, echo) -> TrainResult:
                               input_dtype=torch.float16 if config.optimizations.loader == "staged" else torch.float32)
             say(f"warm-up (compile/autotune) took {seconds:.1f} s, outside the timed region")
             logger.event("fastcam_warmup_seconds", round(seconds, 3))
-        mlperf.log_events(logger, [("fastcam_mode", config.mode), ("fastcam_max_epochs", run.max_epochs),
+        mlperf.log_events(logger, [("number_of_ranks", ctx.world_size), ("fastcam_mode", config.mode), ("fastcam_max_epochs", run.max_epochs),
                                    ("fastcam_target_iou", run.target_iou),
                                    ("fastcam_execution", execution.switches())])
         say(f"fastcam train --mode {config.mode}: {ctx.world_size} rank(s) on {device}, "
