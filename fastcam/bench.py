@@ -139,12 +139,13 @@ def _timed_steps(c, ctx, batches, args) -> float:
 def _bench_step(config, device, args) -> dict:
     import torch
 
+    from fastcam.train.inputs import input_dtype
     from fastcam.train.setup import build_components, synthetic_batch, warm_up
 
     torch.manual_seed(0)
     ctx = _single(device)
     c = build_components(config, ctx, device)
-    dtype = torch.float16 if config.optimizations.loader == "staged" else torch.float32
+    dtype = input_dtype(config)
     _reset_peak(device)
     compile_s = None
     if c.execution.compile:
@@ -204,7 +205,7 @@ def _bench_loaders(data: Path, staged_root: Path, device, args) -> dict:
 def _bench_epoch(config, data: Path, staged_root: Path, device, args) -> dict:
     import torch
 
-    from fastcam.train.inputs import build_loaders
+    from fastcam.train.inputs import build_loaders, stage_inputs
     from fastcam.train.setup import build_components, warm_up
 
     torch.manual_seed(0)
@@ -213,20 +214,12 @@ def _bench_epoch(config, data: Path, staged_root: Path, device, args) -> dict:
         config.run, data_dir_prefix=str(data), stage_dir=str(staged_root.parent / f"staged-{config.mode}"),
         max_inter_threads=args.workers))
     c = build_components(config, ctx, device)
-    loaders = build_loaders(config, ctx, device, 0, _NullLogger(), lambda _m: None)
+    loaders = build_loaders(config, ctx, device, 0, stage_inputs(config, ctx, say=lambda _m: None))
     if c.execution.compile:
         warm_up(c, ctx, batch_size=args.batch_size, channels=16, height=args.height, width=args.width,
-                input_dtype=torch.float16 if config.optimizations.loader == "staged" else torch.float32)
+                input_dtype=loaders.input_dtype)
     seconds = _timed_steps(c, ctx, loaders.train, args)
     return {"samples_per_s": args.steps * args.batch_size / seconds, "loader": config.optimizations.loader}
-
-
-class _NullLogger:
-    """Staging outside a run has no MLPerf log."""
-
-    def start(self, *a, **k): ...
-    def end(self, *a, **k): ...
-    def event(self, *a, **k): ...
 
 
 def format_table(r: dict) -> str:

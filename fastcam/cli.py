@@ -62,6 +62,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fastcam: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:
+        if not _out_of_memory(err):
+            raise
+        print(f"fastcam: error: out of device memory ({one_line(err).split('.')[0]}); "
+              "lower --local_batch_size or use mixed precision (--mode optimized)", file=sys.stderr)
+        return 1
+
+
+def _out_of_memory(err: Exception) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(err, torch.OutOfMemoryError)
 
 
 def one_line(err: Exception) -> str:

@@ -24,7 +24,7 @@ from fastcam.errors import ConfigError
 MODES = ("baseline", "optimized")
 OPTIMIZERS = ("Adam", "AdamW", "LAMB")
 SCHEDULES = ("multistep", "cosine_annealing")
-WIREUP_METHODS = ("auto", "single", "env", "nccl-slurm", "nccl-slurm-pmi", "nccl-openmpi", "mpi")
+WIREUP_METHODS = ("auto", "single", "local", "env", "nccl-slurm", "nccl-slurm-pmi", "nccl-openmpi", "mpi")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")  # auto: fp16 on CUDA, fp32 on CPU
 LOADERS = ("hdf5", "staged")  # hdf5: the reference reader; staged: fastcam.data.staged
 SWITCH = ("auto", "on", "off")  # auto: on where it pays on the device (see fastcam.train.execution)
@@ -277,7 +277,9 @@ def _overlay(obj, data: dict[str, Any], where: str):
 def _coerce(value, current, where: str):
     """Convert a YAML/CLI value to the type of the field's current value."""
     if value is None:
-        return None
+        if current is None:  # only fields whose default is "unset" (seed, paths) may be null
+            return None
+        raise ConfigError(f"{where}: must not be null")
     try:
         if isinstance(current, bool):
             if isinstance(value, bool):

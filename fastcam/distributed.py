@@ -241,9 +241,14 @@ def init_distributed(
     if wiring.world_size > 1:
         init_method = "env://" if resolved == "env" else _tcp_url(wiring.master_addr or "", wiring.master_port)
         kwargs: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
-        dist.init_process_group(
-            backend=backend, init_method=init_method, rank=wiring.rank, world_size=wiring.world_size, **kwargs
-        )
+        try:
+            dist.init_process_group(
+                backend=backend, init_method=init_method, rank=wiring.rank, world_size=wiring.world_size, **kwargs
+            )
+        except (RuntimeError, ValueError, TimeoutError, OSError) as err:  # DistNetworkError/DistStoreError too
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ConfigError(f"wire-up {resolved!r} failed: rank {wiring.rank} of {wiring.world_size} could not "
+                              f"join the process group at {init_method} ({first})") from None
         barrier_ids = [torch.cuda.current_device()] if backend == "nccl" else None
         dist.barrier(device_ids=barrier_ids)  # the reference's barrier: all ranks are up before anything else
     return DistContext(

@@ -24,11 +24,12 @@ def class_weights(frequencies=CLASS_FREQUENCIES, device=None) -> torch.Tensor:
 def weighted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Mean over all pixels of ``w[y] * -log softmax(logits)[y]``.
 
-    ``logits`` is N x C x H x W (any float dtype; the sum is taken in the
-    logits' dtype by cross_entropy, which upcasts half precision internally),
-    ``labels`` N x H x W integer.
+    ``logits`` is N x C x H x W, ``labels`` N x H x W integer. Computed in
+    float32 whatever the logits' dtype: under autocast the class weights would
+    otherwise be rounded to fp16/bf16 (2.6146 -> 2.6094), and the optimized
+    mode may change how the network runs, never what it computes.
     """
-    summed = F.cross_entropy(logits, labels.long(), weight=weights.to(logits.dtype), reduction="sum")
+    summed = F.cross_entropy(logits.float(), labels.long(), weight=weights.float(), reduction="sum")
     return summed / labels.numel()
 
 

@@ -4,7 +4,7 @@ Same definition as the reference's ``utils/metric.py::compute_score``: for each
 sample and class, tp/fp/fn of the argmax prediction, ``iou = tp/(tp+fp+fn)``
 (1 where the union is empty), averaged over classes, then over samples. The
 reference loops over classes with four boolean masks each; we build each
-sample's C x C confusion matrix with one ``bincount`` instead.
+sample's C x C confusion matrix with one ``index_add_`` instead.
 """
 
 from __future__ import annotations
@@ -19,7 +19,11 @@ def confusion_matrices(prediction: torch.Tensor, labels: torch.Tensor, num_class
     truth = labels.reshape(n, -1).long()
     sample_offset = torch.arange(n, device=labels.device).unsqueeze(1) * (num_classes * num_classes)
     index = sample_offset + pred * num_classes + truth
-    counts = torch.bincount(index.reshape(-1), minlength=n * num_classes * num_classes)
+    # index_add_ into a known size instead of bincount: on CUDA bincount reads
+    # the maximum back to the host, a sync per validation sample.
+    flat = index.reshape(-1)
+    counts = torch.zeros(n * num_classes * num_classes, dtype=torch.long, device=labels.device)
+    counts.index_add_(0, flat, torch.ones_like(flat))
     return counts.reshape(n, num_classes, num_classes)
 
 

@@ -72,6 +72,17 @@ def test_bad_config_files_are_one_line_errors(tmp_path):
         cfg.Config.from_yaml(bad)
     with pytest.raises(ConfigError, match="cannot read"):
         cfg.Config.from_yaml(tmp_path / "missing.yaml")
+    bad.write_text("hyperparameters:\n  local_batch_size: null\n")
+    with pytest.raises(ConfigError, match="local_batch_size: must not be null"):
+        cfg.Config.from_yaml(bad)
+    bad.write_text("run:\n  seed: null\n  data_dir_prefix: null\n")  # fields that may be unset
+    assert cfg.Config.from_yaml(bad).run.seed is None
+
+
+def test_config_and_wire_up_agree_on_the_methods():
+    from fastcam import distributed
+
+    assert set(cfg.WIREUP_METHODS) == set(distributed.METHODS)
 
 
 @pytest.mark.parametrize("flag,value,required", [

@@ -42,7 +42,11 @@ def test_two_epoch_baseline_log_passes_the_official_checker(tiny_synthetic, tmp_
     assert keys.count("eval_accuracy") == 2 and keys[-1] == "run_stop"
     assert events[-1]["metadata"]["status"] == "aborted"
     assert {e["metadata"]["epoch_num"] for e in events if e["key"] == "eval_accuracy"} == {1, 2}
-    assert (out / "model_last.cpt").is_file()
+    assert (out / "model_ckr_last.cpt").is_file()
+    # A second run with the same tag keeps the first run's log and checkpoint.
+    assert main(["train", *baseline_args(tiny_synthetic, out, "--max_epochs", "1", "--run_tag", "ckr")]) == 0
+    assert len(list((out / "logs").glob("ckr.*.log"))) == 1 and (out / "logs" / "ckr.log").is_file()
+    assert len(list(out.glob("model_ckr_last.*.cpt"))) == 1 and (out / "model_ckr_last.cpt").is_file()
 
 
 def test_resume_is_bitwise_exact(tiny_synthetic, tmp_path):
@@ -69,6 +73,10 @@ def test_checkpoint_is_reference_compatible_and_corruption_is_reported(tiny_synt
     rc = main(["train", *baseline_args(tiny_synthetic, tmp_path / "b", "--max_epochs", "2", "--open-division",
                                        "--start_lr", "0.5", "--checkpoint", str(result.checkpoint_path))])
     assert rc != 0 and "start_lr" in capsys.readouterr().err
+    # Resuming under another seed would change the data order: refused.
+    rc = main(["train", *baseline_args(tiny_synthetic, tmp_path / "s", "--max_epochs", "2", "--seed", "8",
+                                       "--checkpoint", str(result.checkpoint_path))])
+    assert rc != 0 and "seed 7" in capsys.readouterr().err
     broken = tmp_path / "broken.cpt"
     broken.write_bytes(result.checkpoint_path.read_bytes()[:1000])
     rc = main(["train", *baseline_args(tiny_synthetic, tmp_path / "c", "--checkpoint", str(broken))])

@@ -95,6 +95,7 @@ class Loaders:
     train_samples: int  # files in the training set (the MLPerf train_samples: 121266 on the real set)
     validation_samples: int  # global
     sample_shape: tuple[int, int]  # H, W
+    input_dtype: torch.dtype = torch.float32  # what the loader delivers (staged: float16)
 
     def set_epoch(self, epoch: int) -> None:
         self.train_sampler.set_epoch(epoch)

@@ -35,7 +35,8 @@ def rng_state() -> dict[str, Any]:
         "python": random.getstate(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        # This rank's device only: a resumed run may see fewer devices (one per task).
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
@@ -44,7 +45,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        cuda = state["cuda"]
+        torch.cuda.set_rng_state(cuda[0] if isinstance(cuda, (list, tuple)) else cuda)
 
 
 def save(path: str | os.PathLike, *, model, optimizer, scheduler, grad_scaler, step: int, epoch: int,
@@ -87,7 +89,7 @@ def load(path: str | os.PathLike) -> dict[str, Any]:
         # Python's RNG states need a few extra safe globals.
         with torch.serialization.safe_globals(_numpy_rng_globals()):
             payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError) as err:
+    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError, OSError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"{path}: corrupt or unreadable checkpoint ({first})") from None
     if not isinstance(payload, dict) or "model" not in payload:
@@ -111,16 +113,19 @@ def restore(payload: dict[str, Any], path, *, model, optimizer, scheduler, grad_
     except (ValueError, KeyError, RuntimeError) as err:
         raise CheckpointError(f"{path}: optimizer state does not match this run ({err})") from None
     step, epoch = int(payload.get("step", 0)), int(payload.get("epoch", 0))
-    if scheduler is not None:
-        if payload.get("scheduler") is not None:
-            scheduler.load_state_dict(payload["scheduler"])
-        else:  # a reference checkpoint: replay the schedule to its step
-            for _ in range(step):
-                scheduler.step()
-    if grad_scaler is not None and payload.get("grad_scaler"):
-        grad_scaler.load_state_dict(payload["grad_scaler"])
-    if payload.get("rng") is not None:
-        set_rng_state(payload["rng"])
+    try:
+        if scheduler is not None:
+            if payload.get("scheduler") is not None:
+                scheduler.load_state_dict(payload["scheduler"])
+            else:  # a reference checkpoint: replay the schedule to its step
+                for _ in range(step):
+                    scheduler.step()
+        if grad_scaler is not None and payload.get("grad_scaler"):
+            grad_scaler.load_state_dict(payload["grad_scaler"])
+        if payload.get("rng") is not None:
+            set_rng_state(payload["rng"])
+    except (ValueError, KeyError, RuntimeError, TypeError, IndexError) as err:
+        raise CheckpointError(f"{path}: scheduler, scaler or RNG state does not match this run ({err})") from None
     return step, epoch
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
+from datetime import timedelta
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
@@ -22,13 +23,15 @@ import torch
 
 from fastcam import distributed, guard
 from fastcam.config import Config
+from fastcam.errors import CheckpointError
 from fastcam.train import checkpoint, mlperf
-from fastcam.train.inputs import build_loaders
+from fastcam.train.inputs import build_loaders, stage_inputs
 from fastcam.train.execution import resolve_device
 from fastcam.train.loop import StepState, evaluate, train_epoch
 from fastcam.train.setup import build_components, warm_up
 
 ORG = "fastcam"
+PROCESS_GROUP_TIMEOUT = timedelta(hours=2)
 
 
 @dataclass
@@ -77,9 +80,14 @@ def train(config: Config, callbacks: tuple[Callback, ...] = (), echo: Callable[[
 
         config = dataclasses.replace(config, run=dataclasses.replace(config.run, data_dir_prefix=str(default_dataset())))
     device = resolve_device(config.run.device)
-    ctx = distributed.init_distributed(config.run.wireup_method, device.type)
+    # Collectives wait on the slowest rank's staging (before init_start): allow
+    # far longer than NCCL's 10-minute default before declaring a hang.
+    ctx = distributed.init_distributed(config.run.wireup_method, device.type, timeout=PROCESS_GROUP_TIMEOUT)
     try:
-        return _train(config, ctx, resolve_device(config.run.device, ctx.local_rank), callbacks, echo)
+        device = resolve_device(config.run.device, ctx.local_rank)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)  # an explicit cuda:K must also be the current device
+        return _train(config, ctx, device, callbacks, echo)
     finally:
         distributed.shutdown(ctx)
 
@@ -95,11 +103,16 @@ def _train(config: Config, ctx, device, callbacks, echo) -> TrainResult:
     status = "aborted"
     try:
         logger.event("cache_clear", True)
+        staged_root = stage_inputs(config, ctx, logger, say)
         logger.start("init_start")
         seed = run.seed if run.seed is not None else distributed.broadcast_object(1 + int(time.time() * 1000) % (2**31 - 1), ctx)
         resume = checkpoint.load(run.checkpoint) if run.checkpoint else None
-        if resume is not None and run.seed is None and resume.get("seed") is not None:
-            seed = int(resume["seed"])  # a resumed run continues its own seed
+        if resume is not None and resume.get("seed") is not None:
+            # The data order is drawn from seed + epoch: resuming under another seed is not exact.
+            if run.seed is not None and run.seed != int(resume["seed"]):
+                raise CheckpointError(f"{run.checkpoint}: checkpoint was written with seed {resume['seed']}, "
+                                      f"this run has --seed {run.seed}; drop --seed to continue exactly")
+            seed = int(resume["seed"])
         torch.manual_seed(seed)
         c = build_components(config, ctx, device)
         execution, model, net, optimizer, scheduler, scaler, criterion = (
@@ -111,7 +124,7 @@ def _train(config: Config, ctx, device, callbacks, echo) -> TrainResult:
                                                          scheduler=scheduler, grad_scaler=scaler,
                                                          hyperparameters=hyper_dict)
             say(f"resumed from {run.checkpoint}: epoch {start_epoch}, step {state.step}")
-        loaders = build_loaders(config, ctx, device, seed, logger, say)
+        loaders = build_loaders(config, ctx, device, seed, staged_root)
 
         division = "open" if config.open_division else "closed"
         mlperf.log_events(logger, mlperf.submission_events(
@@ -128,7 +141,7 @@ def _train(config: Config, ctx, device, callbacks, echo) -> TrainResult:
             height, width = loaders.sample_shape
             seconds = warm_up(c, ctx, batch_size=hp.local_batch_size, channels=len(hp.channels),
                               height=height, width=width,
-                              input_dtype=torch.float16 if config.optimizations.loader == "staged" else torch.float32)
+                              input_dtype=loaders.input_dtype)
             say(f"warm-up (compile/autotune) took {seconds:.1f} s, outside the timed region")
             logger.event("fastcam_warmup_seconds", round(seconds, 3))
         mlperf.log_events(logger, [("number_of_ranks", ctx.world_size), ("fastcam_mode", config.mode), ("fastcam_max_epochs", run.max_epochs),
@@ -168,6 +181,7 @@ def _train(config: Config, ctx, device, callbacks, echo) -> TrainResult:
             distributed.barrier(ctx)
             logger.end("epoch_stop", metadata={**meta, "step_num": state.step})
             distributed.average_batchnorm_stats(model, ctx)
+            distributed.barrier(ctx)
             logger.start("eval_start", metadata=meta)
             eval_iou, eval_loss, eval_count = evaluate(net, loaders.validation, criterion=criterion,
                                               execution=execution, ctx=ctx)
@@ -182,7 +196,7 @@ def _train(config: Config, ctx, device, callbacks, echo) -> TrainResult:
             say(_epoch_line(record, run.max_epochs))
             if (epoch + 1) % hp.save_frequency == 0 and ctx.is_main:
                 _save(Path(run.output_dir) / f"{run.model_prefix}_step_{state.step}.cpt", model, optimizer,
-                      scheduler, scaler, state, epoch + 1, hyper_dict, seed)
+                      scheduler, scaler, state, epoch + 1, hyper_dict, seed, say)
             for callback in callbacks:
                 callback.on_epoch_end(record)
             if eval_iou >= run.target_iou:
@@ -202,8 +216,8 @@ def _train(config: Config, ctx, device, callbacks, echo) -> TrainResult:
     last_ckpt = None
     last_epoch = history[-1].epoch if history else start_epoch
     if ctx.is_main:
-        last_ckpt = _save(Path(run.output_dir) / f"{run.model_prefix}_last.cpt", model, optimizer, scheduler,
-                          scaler, state, last_epoch, hyper_dict, seed)
+        last_ckpt = _save(Path(run.output_dir) / f"{run.model_prefix}_{run.run_tag}_last.cpt", model, optimizer,
+                          scheduler, scaler, state, last_epoch, hyper_dict, seed, say)
     distributed.barrier(ctx)
     best = max((r.eval_iou for r in history), default=float("nan"))
     result = TrainResult(reached_at is not None, last_epoch, best,
@@ -213,18 +227,22 @@ def _train(config: Config, ctx, device, callbacks, echo) -> TrainResult:
     return result
 
 
-def _save(path, model, optimizer, scheduler, scaler, state, epoch, hyper_dict, seed) -> Path:
+def _save(path, model, optimizer, scheduler, scaler, state, epoch, hyper_dict, seed, say) -> Path:
+    _move_aside(path, say)  # another run's checkpoint of the same name is kept, not overwritten
     return checkpoint.save(path, model=model, optimizer=optimizer, scheduler=scheduler, grad_scaler=scaler,
                            step=state.step, epoch=epoch, hyperparameters=hyper_dict, seed=seed)
 
 
-def _move_aside(log_path: Path, say) -> None:
-    """Never overwrite an earlier run's log: keep it under a timestamped name."""
-    if log_path.exists():
-        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(log_path.stat().st_mtime))
-        kept = log_path.with_name(f"{log_path.stem}.{stamp}{log_path.suffix}")
-        log_path.rename(kept)
-        say(f"kept the previous log as {kept}")
+def _move_aside(path: Path, say) -> None:
+    """Never overwrite an earlier run's log or checkpoint: keep it under a timestamped name."""
+    if path.exists():
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(path.stat().st_mtime))
+        kept = path.with_name(f"{path.stem}.{stamp}{path.suffix}")
+        n = 1
+        while kept.exists():
+            kept, n = path.with_name(f"{path.stem}.{stamp}-{n}{path.suffix}"), n + 1
+        path.rename(kept)
+        say(f"kept the previous {path.name} as {kept}")
 
 
 def _epoch_line(r: EpochRecord, max_epochs: int) -> str:
