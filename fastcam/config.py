@@ -116,7 +116,7 @@ class Hyperparameters:
     channels: list[int] = field(default_factory=lambda: list(range(16)))
 
     def validate(self) -> None:
-        self.optimizer = _canonical_optimizer(self.optimizer)
+        self.optimizer = canonical_optimizer(self.optimizer)
         _positive("local_batch_size", self.local_batch_size)
         _positive("start_lr", self.start_lr)
         if len(self.optimizer_betas) != 2 or not all(0.0 <= b < 1.0 for b in self.optimizer_betas):
@@ -301,10 +301,13 @@ def _coerce(value, current, where: str):
         raise ConfigError(f"{where}: {value!r} is not a valid {type(current).__name__}") from None
 
 
-def _canonical_optimizer(name: str) -> str:
-    for known in OPTIMIZERS:
-        if str(name).lower() == known.lower():
-            return known
+def canonical_optimizer(name: object) -> str:
+    """The canonical spelling of an optimizer name (case-insensitive), or a ConfigError.
+    The one place that knows the names: the trainer, the log and tuning use it."""
+    if isinstance(name, str):
+        for known in OPTIMIZERS:
+            if name.strip().lower() == known.lower():
+                return known
     raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
 
 

@@ -29,6 +29,7 @@ from typing import Any, Iterable, Sequence
 from mlperf_logging import mllog
 from mlperf_logging.mllog import constants
 
+from fastcam.config import canonical_optimizer
 from fastcam.errors import ConfigError
 
 Event = tuple[str, Any]
@@ -58,7 +59,6 @@ BENCHMARK = "deepcam"
 DIVISIONS = (constants.CLOSED, constants.OPEN)
 # hpc_3.0.0/common.yaml: submission_status in [cloud, onprem, preview, research]
 STATUSES = (constants.CLOUD, constants.ONPREM, "preview", constants.RESEARCH)
-OPTIMIZERS = ("Adam", "AdamW", "LAMB")
 SCHEDULE_KEYS = {
     "multistep": ("milestones", "decay_rate"),
     "cosine_annealing": ("t_max", "eta_min"),
@@ -205,7 +205,7 @@ def hyperparameter_events(*, seed: int, global_batch_size: int, local_batch_size
     extra key (the checker ignores keys it has no rule for) because the
     submission table reports it.
     """
-    opt_name = _canonical_optimizer(optimizer)
+    opt_name = canonical_optimizer(optimizer)
     if len(betas) != 2:
         raise ConfigError(f"optimizer betas must be two numbers, got {list(betas)}")
     events: list[Event] = [
@@ -234,13 +234,6 @@ def hyperparameter_events(*, seed: int, global_batch_size: int, local_batch_size
         (constants.EVAL_SAMPLES, int(eval_samples)),
     ]
     return events
-
-
-def _canonical_optimizer(name: str) -> str:
-    by_lower = {o.lower(): o for o in OPTIMIZERS}
-    if not isinstance(name, str) or name.lower() not in by_lower:
-        raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
-    return by_lower[name.lower()]
 
 
 def _schedule_events(schedule: dict[str, Any]) -> list[Event]:

@@ -22,22 +22,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+# fastcam.config owns the optimizer names; re-exported under this module's names.
+from fastcam.config import OPTIMIZERS as OPTIMIZER_NAMES  # noqa: F401
+from fastcam.config import canonical_optimizer as canonical_optimizer_name
 from fastcam.errors import ConfigError
 from fastcam.train.lamb import Lamb, check_hyperparameters
-
-OPTIMIZER_NAMES = ("Adam", "AdamW", "LAMB")
-
-
-def canonical_optimizer_name(name: object) -> str:
-    """Return the canonical spelling of ``name`` (case-insensitive), or raise ConfigError."""
-    if isinstance(name, str):
-        for known in OPTIMIZER_NAMES:
-            if name.strip().lower() == known.lower():
-                return known
-    raise ConfigError(
-        f"unknown optimizer {name!r}; allowed: {', '.join(OPTIMIZER_NAMES)}"
-    )
-
 
 def build_optimizer(
     params: Iterable[Tensor] | Iterable[dict[str, Any]],
