@@ -28,6 +28,7 @@ from fastcam.config import canonical_optimizer as canonical_optimizer_name
 from fastcam.errors import ConfigError
 from fastcam.train.lamb import Lamb, check_hyperparameters
 
+
 def build_optimizer(
     params: Iterable[Tensor] | Iterable[dict[str, Any]],
     name: str,
