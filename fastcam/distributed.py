@@ -76,7 +76,10 @@ def detect_method(environ: Mapping[str, str] | None = None) -> str:
         return "env"
     if "PMI_RANK" in env and ("SLURM_NTASKS" in env or "SLURM_JOB_ID" in env):
         return "nccl-slurm-pmi"
-    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
+    # SLURM_STEP_NUM_TASKS exists only inside an srun step. The batch script
+    # itself also has SLURM_PROCID=0 and SLURM_NTASKS=N (checked on Slurm
+    # 22.05), and treating it as rank 0 of N would wait forever for the others.
+    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env and "SLURM_STEP_NUM_TASKS" in env:
         return "nccl-slurm"
     if "OMPI_COMM_WORLD_RANK" in env:
         return "nccl-openmpi"

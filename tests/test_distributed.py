@@ -56,7 +56,8 @@ def _set(monkeypatch: pytest.MonkeyPatch, variables: dict[str, str]) -> None:
         ({"RANK": "0", "WORLD_SIZE": "2", "SLURM_PROCID": "0", "SLURM_NTASKS": "2"}, "env"),
         ({"PMI_RANK": "1", "SLURM_NTASKS": "2", "SLURM_PROCID": "1"}, "nccl-slurm-pmi"),
         ({"PMI_RANK": "1", "PMI_SIZE": "2"}, "single"),  # PMI without Slurm is not a Slurm launch
-        ({"SLURM_PROCID": "1", "SLURM_NTASKS": "2"}, "nccl-slurm"),
+        ({"SLURM_PROCID": "1", "SLURM_NTASKS": "2", "SLURM_STEP_NUM_TASKS": "2"}, "nccl-slurm"),
+        ({"SLURM_PROCID": "0", "SLURM_NTASKS": "2"}, "single"),  # an sbatch script outside srun
         ({"SLURM_PROCID": "0"}, "single"),
         ({"OMPI_COMM_WORLD_RANK": "0", "OMPI_COMM_WORLD_SIZE": "2"}, "nccl-openmpi"),
         ({}, "single"),
@@ -78,7 +79,8 @@ def test_auto_without_launcher_is_one_process_without_group(clean_env: pytest.Mo
 @pytest.mark.parametrize(
     ("variables", "method"),
     [
-        ({"SLURM_PROCID": "0", "SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1"}, "nccl-slurm"),
+        ({"SLURM_PROCID": "0", "SLURM_NTASKS": "1", "SLURM_STEP_NUM_TASKS": "1", "SLURM_NTASKS_PER_NODE": "1"},
+         "nccl-slurm"),
         ({"PMI_RANK": "0", "PMI_SIZE": "1", "SLURM_NTASKS": "1"}, "nccl-slurm-pmi"),
         ({"OMPI_COMM_WORLD_RANK": "0", "OMPI_COMM_WORLD_SIZE": "1", "OMPI_COMM_WORLD_LOCAL_RANK": "0"}, "nccl-openmpi"),
         ({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}, "env"),
@@ -362,8 +364,8 @@ def _check_reports(reports: list[dict], method: str, local_ranks: list[int], loc
 @pytest.mark.slow
 def test_two_ranks_as_slurm_launches_them(tmp_path: Path) -> None:
     port = str(_free_port())
-    common = {"SLURM_NTASKS": "2", "SLURM_LAUNCH_NODE_IPADDR": "127.0.0.1", "MASTER_PORT": port,
-              "SLURM_NTASKS_PER_NODE": "1", "SLURM_JOB_ID": "42"}  # as if one task on each of two nodes
+    common = {"SLURM_NTASKS": "2", "SLURM_STEP_NUM_TASKS": "2", "SLURM_LAUNCH_NODE_IPADDR": "127.0.0.1",
+              "MASTER_PORT": port, "SLURM_NTASKS_PER_NODE": "1", "SLURM_JOB_ID": "42"}  # one task on each of two nodes
     envs = [{**common, "SLURM_PROCID": str(r), "SLURM_LOCALID": "0"} for r in range(2)]
     _check_reports(_launch(envs, "auto", tmp_path), "nccl-slurm", [0, 0], 1)
 
