@@ -116,7 +116,7 @@ def run_tune(args: argparse.Namespace) -> int:
                                           sampler(base.run.seed), pruner(args, base.run.max_epochs),
                                           space_mod.describe(resolved))
     if created:
-        study_mod.enqueue(study, _recipe_trials(resolved, space, scale, base))
+        study_mod.enqueue(study, _recipe_trials(resolved, base))
     else:
         # --seed makes a single worker's study reproducible; workers that join sample with their own
         # randomness, or all of them would propose the same values.
@@ -150,14 +150,14 @@ def _check_tuning_flags(args: argparse.Namespace) -> float:
     return grace
 
 
-def _recipe_trials(resolved, space, scale, base) -> list[tuple[str, dict]]:
+def _recipe_trials(resolved, base) -> list[tuple[str, dict]]:
     """The baseline hyperparameters and the optimized defaults, as the study's first trials."""
     from fastcam.config import baseline, optimized
     from .params import recipe_params
 
     trials: list[tuple[str, dict]] = []
     for label, recipe in (("baseline", baseline()), ("optimized", optimized())):
-        values = recipe_params(recipe, resolved, space, scale, base)
+        values = recipe_params(recipe, resolved, base)
         if values and values not in [v for _, v in trials]:
             trials.append((label, values))
     return trials

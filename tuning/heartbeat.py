@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import threading
 import time
-import warnings
 from collections.abc import Callable
 
 import optuna
@@ -71,7 +70,6 @@ def fail_stale_trials(study: optuna.Study, grace: float, echo: Callable[[str], N
     """
     now = time.time()
     storage = study._storage  # public attribute in all but name; optuna's fail_stale_trials uses it too
-    retry = retry_callback()
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         silent = now - last_sign_of_life(trial)
@@ -85,15 +83,25 @@ def fail_stale_trials(study: optuna.Study, grace: float, echo: Callable[[str], N
         failed.append(trial.number)
         frozen = storage.get_trial(trial._trial_id)
         retries = len(frozen.system_attrs.get("retry_history", []))
-        retry(study, frozen)
+        enqueue_retry(study, frozen)
         note = "retry enqueued" if retries < MAX_RETRY else f"not retried again ({MAX_RETRY} retries)"
         echo(f"trial {trial.number}: no heartbeat for {silent:.0f} s (worker gone); marked failed, {note}")
     return failed
 
 
-def retry_callback():
-    # Renamed RetryHeartbeatStaleTrialCallback in optuna 4.9 (the old name is a deprecated alias).
-    cls = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or optuna.storages.RetryFailedTrialCallback
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return cls(max_retry=MAX_RETRY)
+def enqueue_retry(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+    """Queue ``trial``'s parameters again, as Optuna's RetryFailedTrialCallback
+    does (same ``failed_trial``/``retry_history`` system attributes, at most
+    MAX_RETRY retries), but as *fixed* parameters the way ``enqueue_trial``
+    stores them: the callback re-validates them against their distributions,
+    which rejects an enqueued recipe trial whose published value lies outside
+    the search range (e.g. milestone 1200 on a small data set)."""
+    history = [*trial.system_attrs.get("retry_history", []), trial.number]
+    if len(history) > MAX_RETRY:
+        return False
+    inherited = {k: v for k, v in trial.system_attrs.items() if k != HEARTBEAT_ATTR}  # a fresh trial, no old beat
+    system_attrs = {**inherited, "fixed_params": dict(trial.params),
+                    "failed_trial": trial.system_attrs.get("failed_trial", trial.number), "retry_history": history}
+    study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, system_attrs=system_attrs,
+                                              user_attrs=dict(trial.user_attrs)))
+    return True

@@ -19,7 +19,7 @@ from typing import Any
 
 from fastcam import guard
 from fastcam.config import Config, Schedule
-from .space import SCHEDULE_OF, STEP_FIELDS, ParamSpec, RunScale, SearchSpace, lr_factor, reference_steps_per_epoch
+from .space import SCHEDULE_OF, ParamSpec
 
 MILESTONE_COUNT = "lr_schedule.milestones.count"
 # Sampling order: the schedule type decides which schedule parameters exist.
@@ -79,18 +79,16 @@ def apply(base: Config, params: dict[str, Any]) -> Config:
     return config
 
 
-def recipe_params(recipe: Config, resolved: dict[str, ParamSpec], space: SearchSpace, scale: RunScale,
-                  base: Config) -> dict[str, Any]:
-    """A published recipe's values for the names in the space, carried to this run's scale.
+def recipe_params(recipe: Config, resolved: dict[str, ParamSpec], base: Config) -> dict[str, Any]:
+    """A published recipe's values, exactly as published, for the names in the space.
 
-    Step counts keep their length in epochs (steps x this run's steps per epoch
-    / the reference's) and learning rates follow the space's square-root batch
-    rule, so at the reference scale the recipe is used as published. A value a
-    categorical parameter does not offer is left to the sampler; a number
-    outside a range is kept (these trials measure the recipes themselves).
+    Issue 5 asks for the baseline hyperparameters and the optimized defaults
+    themselves as the first trials: they anchor the search (the best trial can
+    never be worse than the published recipes on this machine) and they are
+    what a user compares against. A value a categorical parameter does not
+    offer is left to the sampler; a number outside a range is kept.
     """
     hp, schedule = recipe.hyperparameters, recipe.hyperparameters.lr_schedule
-    step_ratio = scale.steps_per_epoch / reference_steps_per_epoch(space)
     values: dict[str, Any] = {
         "optimizer": hp.optimizer, "start_lr": hp.start_lr, "weight_decay": hp.weight_decay,
         "lr_warmup_steps": hp.lr_warmup_steps, "lr_warmup_factor": hp.lr_warmup_factor,
@@ -107,18 +105,12 @@ def recipe_params(recipe: Config, resolved: dict[str, ParamSpec], space: SearchS
             if len(schedule.milestones) in spec.count:
                 out[MILESTONE_COUNT] = len(schedule.milestones)
                 for i, m in enumerate(schedule.milestones, start=1):
-                    out[f"{name}.{i}"] = max(1, round(m * step_ratio))
+                    out[f"{name}.{i}"] = int(m)
             continue
         value = values[name]
-        if name in STEP_FIELDS:
-            value = max(1 if name == "lr_schedule.t_max" else 0, round(value * step_ratio))
-        elif _scaled(space, name):
-            value = value * lr_factor(space, scale)
         if spec.choices is not None and value not in spec.choices:
             continue
         out[name] = value
     return out
 
 
-def _scaled(space: SearchSpace, name: str) -> bool:
-    return space.params[name].scale == "sqrt_batch"
