@@ -150,11 +150,16 @@ def test_missing_the_target_is_penalised_but_still_ranked_by_accuracy():
                   for iou in (0.80, 0.40))
     assert reached[0] < close[0] < far[0] and reached[1] < close[1] < far[1]
     nan = objective.objective_values(_result(False, float("nan"), 3, total_minutes=3.0), 0.82, 10, "time")
-    assert nan == [pytest.approx(20.0)]  # 10 epochs x (2 - 0), at 1 min per epoch
+    assert nan == [pytest.approx(2 * objective.PENALTY_MINUTES)]
+    # A fast trial that missed ranks below a slow one that reached the target (the speed of the failure is moot).
+    slow_success = objective.objective_values(_result(True, 0.83, 10, minutes_to_target=500.0, total_minutes=500.0),
+                                              0.82, 10, "time")
+    fast_failure = objective.objective_values(_result(False, 0.81, 10, total_minutes=1.0), 0.82, 10, "time")
+    assert slow_success[0] < fast_failure[0]
     # A NaN network predicts background everywhere, which can score above a low target: still a failure.
     diverged = objective.objective_values(_result(True, 0.9, 2, minutes_to_target=2.0, total_minutes=2.0,
                                                   train_loss=float("nan")), 0.82, 10, "time-epochs")
-    assert diverged == [pytest.approx(20.0), pytest.approx(20.0)]
+    assert diverged == [pytest.approx(2 * objective.PENALTY_MINUTES), pytest.approx(20.0)]
 
 
 def _record(epoch, eval_iou, train_loss=0.5):

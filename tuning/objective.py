@@ -7,12 +7,16 @@ Objective values (all minimised):
 - ``time-epochs``: those minutes and the number of epochs (two objectives).
 
 **Penalty.** A trial that does not reach the target within its epoch budget
-(``--max_epochs``) is charged as if it had needed
-``max_epochs * (2 - best_iou / target)`` epochs: more than any trial that
-reached the target within the budget, and less the closer its best accuracy
-came, so the sampler still learns from failures. Its time is that many epochs
-at the trial's own minutes per epoch. A trial whose training loss became
-non-finite counts as a failure with IoU 0, whatever its accuracy.
+(``--max_epochs``) scores ``PENALTY_MINUTES * (2 - best_iou / target)``
+minutes and ``max_epochs * (2 - best_iou / target)`` epochs: more than any
+trial that reached the target, and less the closer its best accuracy came, so
+the sampler (TPE ranks values) still learns from failures. The minutes must not
+depend on the trial's own speed: charging "that many epochs at its own minutes
+per epoch" ranked a fast optimizer that missed the target above a slower one
+that reached it (seen in the CPU study). PENALTY_MINUTES (10^4, a week) is far
+above any real time to target (the published baseline took 276 minutes). A
+trial whose training loss became non-finite counts as a failure with IoU 0,
+whatever its accuracy.
 
 **Pruning.** After each evaluation the trainer calls
 :class:`PruningCallback`, which reports ``1 - eval_iou`` (the IoU error, so that
@@ -53,9 +57,17 @@ def trial_tag(number: int) -> str:
     return f"trial-{number:04d}"
 
 
-def penalty_epochs(best_iou: float, target: float, max_epochs: int) -> float:
+PENALTY_MINUTES = 1.0e4
+
+
+def penalty_factor(best_iou: float, target: float) -> float:
+    """In (1, 2]: 2 for IoU 0 (or NaN), approaching 1 as the best IoU nears the target."""
     best = best_iou if math.isfinite(best_iou) else 0.0
-    return max_epochs * (2.0 - min(best, target) / target)
+    return 2.0 - min(best, target) / target
+
+
+def penalty_epochs(best_iou: float, target: float, max_epochs: int) -> float:
+    return max_epochs * penalty_factor(best_iou, target)
 
 
 def diverged(result) -> bool:
@@ -69,8 +81,8 @@ def objective_values(result, target: float, max_epochs: int, objectives: str) ->
         minutes, epochs = float(result.minutes_to_target), float(result.epochs)
     else:
         # A diverged network's accuracy is meaningless (see PruningCallback): charged as IoU 0.
-        epochs = penalty_epochs(0.0 if diverged(result) else result.best_iou, target, max_epochs)
-        minutes = epochs * result.total_minutes / max(1, result.epochs)
+        factor = penalty_factor(0.0 if diverged(result) else result.best_iou, target)
+        minutes, epochs = PENALTY_MINUTES * factor, max_epochs * factor
     return [minutes, epochs][: len(OBJECTIVES[objectives])]
 
 
