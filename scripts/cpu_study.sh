@@ -23,6 +23,9 @@ DATA="$OUT/data"
 RUNS="$OUT/runs"
 
 start=$(date +%s)
+# From scratch: an earlier study's logs, journal or plots would otherwise be
+# compared, joined or kept alongside (logs and studies are never overwritten).
+rm -rf "$RUNS" "$OUT/tune" "$OUT/plots" "$OUT/table.md" "$OUT/duration.txt"
 mkdir -p "$OUT"
 fastcam data synth --out "$DATA" --train "$TRAIN" --validation "$VALIDATION" \
   --height "$HEIGHT" --width "$WIDTH" --seed 1 --force --no-progress
