@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from fastcam.errors import ConfigError
+from fastcam.files import atomic_write_text  # noqa: F401  (re-exported: tuning and bench import it from here)
 
 MODES = ("baseline", "optimized")
 OPTIMIZERS = ("Adam", "AdamW", "LAMB")
@@ -238,22 +238,6 @@ def optimized() -> Config:
 def recipe(mode: str) -> Config:
     _choice("mode", mode, MODES)
     return baseline() if mode == "baseline" else optimized()
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write to a temp file beside ``path``, fsync, then rename over it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # -- helpers -------------------------------------------------------------------

@@ -41,5 +41,5 @@ fastcam train --mode optimized --config "$OUT/tune/best.yaml" "${common[@]}" --m
 fastcam compare "$RUNS/baseline" "$RUNS/optimized" "$RUNS/tuned" --plot "$OUT/plots" | tee "$OUT/table.md"
 # Checkpoints are large and not part of the study's results.
 find "$RUNS" "$OUT/tune" -name '*.cpt' -delete
-rm -rf "$DATA" "$RUNS"/*/staged
+rm -rf "$DATA" "$RUNS"/*/staged "$OUT/tune/staged"
 echo "study took $(( ($(date +%s) - start) / 60 )) min" | tee "$OUT/duration.txt"

@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import pickle
 import random
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 
 from fastcam.errors import CheckpointError
+from fastcam.files import atomic_write
 from fastcam.model import load_reference_state_dict, to_reference_state_dict
 
 FORMAT = "fastcam-checkpoint-1"
@@ -64,19 +64,7 @@ def save(path: str | os.PathLike, *, model, optimizer, scheduler, grad_scaler, s
         "hyperparameters": hyperparameters,
         "seed": seed,
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda f: torch.save(payload, f), binary=True)
 
 
 def load(path: str | os.PathLike) -> dict[str, Any]:
