@@ -25,14 +25,6 @@ REFERENCE_KEYS_FILE = Path(__file__).resolve().parent / "data" / "reference_stat
 REFERENCE_PARAMETER_COUNT = 56_454_720
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def model() -> nn.Module:
     """A freshly built model that tests only read (no load, no optimizer step)."""

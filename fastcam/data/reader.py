@@ -123,7 +123,7 @@ def build_reference_loaders(data_dir: str | os.PathLike, *, local_batch_size: in
         if len(val_files) >= world_size else _too_few_validation(data_dir, len(val_files), world_size)
     validation = DataLoader(val_set, batch_size=1, shuffle=False, num_workers=num_workers,
                             pin_memory=pin_memory, drop_last=False)
-    height, width = _sample_hw(train_files[0])
+    height, width, _ = sample_shape(train_files[0])
     return Loaders(train, validation, sampler, len(train_files), len(val_files), (height, width))
 
 
@@ -132,14 +132,15 @@ def _too_few_validation(data_dir, count: int, world_size: int):
                     f"for {world_size} ranks; every rank needs at least one")
 
 
-def _sample_hw(path: Path) -> tuple[int, int]:
+def sample_shape(path: Path) -> tuple[int, int, int]:
+    """(H, W, C) of a sample file's data from its header, or a DataError naming it."""
     import h5py
 
     try:
         with h5py.File(path, "r") as f:
             shape = f[layout.DATA_KEY].shape
-    except (OSError, KeyError) as err:
+    except (OSError, KeyError, ValueError) as err:
         raise DataError(f"{path}: unreadable sample ({err})") from None
     if len(shape) != 3:
         raise DataError(f"{path}: {layout.DATA_KEY} has shape {shape}, expected H x W x C")
-    return int(shape[0]), int(shape[1])
+    return int(shape[0]), int(shape[1]), int(shape[2])

@@ -55,7 +55,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from fastcam.data import layout
-from fastcam.data.reader import shard_validation
+from fastcam.data.reader import sample_shape, shard_validation
 from fastcam.errors import ConfigError, DataError
 
 from fastcam.data.stage_format import (  # noqa: F401  (re-exported: the format is part of this API)
@@ -229,7 +229,7 @@ def _plan(src: Path, dst: Path, split: str, rank: int, world_size: int, channels
         raise DataError(f"{layout.split_dir(src, split)}: {len(files)} {split} files for {world_size} ranks; "
                         "every rank needs at least one")
     mine = shard(files, split, rank, world_size)
-    height, width, _ = _header_shape(mine[0])
+    height, width, _ = sample_shape(mine[0])
     channel_count = len(minval)  # the reader checks each file's channel count against the stats
     shape = (len(mine), height, width, channel_count)
     identity = {
@@ -252,19 +252,6 @@ def _file_identity(path: Path) -> list:
     except OSError as err:
         raise DataError(f"{path}: cannot stat sample ({err})") from None
     return [path.name, info.st_size, info.st_mtime_ns]
-
-
-def _header_shape(path: Path) -> tuple[int, int, int]:
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            shape = f[layout.DATA_KEY].shape
-    except (OSError, KeyError, ValueError) as err:
-        raise DataError(f"{path}: unreadable sample ({err})") from None
-    if len(shape) != 3:
-        raise DataError(f"{path}: {layout.DATA_KEY} has shape {shape}, expected H x W x C")
-    return int(shape[0]), int(shape[1]), int(shape[2])
 
 
 def _matches(plan: _Plan) -> dict | None:
