@@ -315,7 +315,7 @@ class _Parser:
             if bound in data:
                 if not _number(template):
                     self.fail(f"{key}.{bound}", f"{name} is not a number")
-                result[bound] = self.number(f"{key}.{bound}", data[bound])
+                result[bound] = self.like(f"{key}.{bound}", data[bound], template)
         if "min" in result and "max" in result and result["min"] > result["max"]:
             self.fail(key, f"min {_show(result['min'])} is above max {_show(result['max'])}")
         return result
