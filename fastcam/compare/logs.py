@@ -56,6 +56,13 @@ class RunLog:
 
     path: Path
     events: list[LogEvent] = field(default_factory=list)
+    # The files this run was read from: one, or several for a resumed run
+    # joined by fastcam.compare.join (first segment first).
+    parts: list[Path] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.parts:
+            self.parts = [self.path]
 
     def all(self, key: str) -> list[LogEvent]:
         return [e for e in self.events if e.key == key]
@@ -90,6 +97,33 @@ def read_log(path: str | os.PathLike[str]) -> RunLog:
     if len(starts) > 1:
         raise DataError(f"{path}, line {starts[1].line}: a second run_start; one log must hold one run")
     return RunLog(path, events)
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A log that could not be used, and why (one line)."""
+
+    path: Path
+    reason: str
+
+
+def read_logs(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[RunLog], list[Skipped]]:
+    """Parses every log it can; the others are returned as skipped with the
+    reason, so one stub or damaged file never hides the good runs beside it.
+    Nothing readable at all is a :class:`DataError` (the first reason when
+    only one log was given)."""
+    logs: list[RunLog] = []
+    skipped: list[Skipped] = []
+    for path in paths:
+        try:
+            logs.append(read_log(path))
+        except DataError as err:
+            skipped.append(Skipped(Path(path), str(err)))
+    if not logs and skipped:
+        if len(skipped) == 1:
+            raise DataError(skipped[0].reason)
+        raise DataError(f"none of the {len(skipped)} logs is usable; first: {skipped[0].reason}")
+    return logs, skipped
 
 
 def _parse_lines(path: Path, lines: Iterable[str]) -> Iterator[LogEvent]:

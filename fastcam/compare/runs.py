@@ -23,9 +23,14 @@ Definitions (the issue's, applied to every log format alike):
   total training time, not a mean of per-epoch rates.
 - per accelerator: divided by ``number_of_nodes x accelerators_per_node``;
   a CPU run logs 0 accelerators, and is divided by its number of processes.
-- run type: ``--type FILE=TYPE``; else ``open`` for ``submission_division``
-  open; else fastcam's ``fastcam_mode`` (baseline / optimized); else ``closed``
-  (a closed-division log that does not say which kind of run it is).
+- run type: :mod:`fastcam.compare.runtype` (``--type FILE=TYPE``, else from
+  the log's hyperparameters and the rules profile).
+- ESIF interval times: the ESIF draft's log parser sums the ``epoch_start`` ..
+  ``epoch_stop`` intervals (evaluation inside them, as the reference logs),
+  up to the epoch that reached the target; the median interval is its
+  "median timing per epoch".
+- step time: per-step ``train_loss`` records (``logging_frequency`` > 0) give
+  seconds per optimizer step between consecutive records of one epoch.
 """
 
 from __future__ import annotations
@@ -35,12 +40,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import statistics
+
+from fastcam import logkeys
 from fastcam.compare.logs import LogEvent, RunLog
+from fastcam.compare.runtype import RUN_TYPES, classify, logged_precision
 from fastcam.errors import DataError
 
 DEFAULT_TARGET = 0.82
-RUN_TYPES = ("baseline", "optimized", "open")
-FALLBACK_TYPE = "closed"
+SCENARIO_KEY = "fastcam_scenario"  # the scenario a fastcam run was configured for, where it logs one
 
 
 @dataclass
@@ -52,6 +60,7 @@ class EpochPoint:
     accuracy: float | None
     train_seconds: float | None = None
     samples: int | None = None
+    interval_seconds: float | None = None  # epoch_start .. epoch_stop
 
     @property
     def samples_per_s(self) -> float | None:
@@ -84,6 +93,34 @@ class RunFacts:
     total_minutes: float | None
     status: str  # run_stop's status, or "incomplete" when the log has no run_stop
     epochs: list[EpochPoint] = field(default_factory=list)
+    run_type_reason: str = ""
+    seed: int | None = None
+    parts: list[Path] = field(default_factory=list)  # the logs of a resumed run, first segment first
+    precision: str | None = None
+    staged: bool = False  # staging_start logged
+    scenario: str | None = None  # logged fastcam_scenario
+    division: str | None = None
+    step_seconds: list[float] = field(default_factory=list)  # per optimizer step, from per-step records
+    run_start_ms: float | None = None
+
+    @property
+    def esif_total_minutes(self) -> float | None:
+        """Sum of the epoch intervals up to the epoch that reached the target (ESIF's parser)."""
+        if self.epochs_to_target is None:
+            return None
+        spans = [p.interval_seconds for p in self.epochs if p.epoch <= self.epochs_to_target]
+        if not spans or any(s is None for s in spans):
+            return None
+        return sum(spans) / 60.0
+
+    @property
+    def median_epoch_minutes(self) -> float | None:
+        spans = [p.interval_seconds for p in self.epochs if p.interval_seconds is not None]
+        return statistics.median(spans) / 60.0 if spans else None
+
+    @property
+    def median_step_seconds(self) -> float | None:
+        return statistics.median(self.step_seconds) if self.step_seconds else None
 
     @property
     def devices(self) -> int | None:
@@ -108,8 +145,16 @@ class RunFacts:
         return f"{self.run_type} {self.path.stem}"
 
 
-def run_facts(log: RunLog, *, run_type: str | None = None, target: float | None = None) -> RunFacts:
-    """Everything the table and the plots need from one parsed log."""
+def run_facts(log: RunLog, *, run_type: str | None = None, target: float | None = None,
+              profile=None) -> RunFacts:
+    """Everything the table and the plots need from one parsed log; the run
+    type under ``profile`` (default: :data:`fastcam.rules.DEFAULT`) unless
+    ``run_type`` overrides it."""
+    if profile is None:
+        from fastcam import rules
+
+        profile = rules.load(rules.DEFAULT)
+    kind = classify(log, profile, override=run_type)
     run_start = log.first("run_start")
     assert run_start is not None  # read_log guarantees exactly one
     target = resolve_target(log) if target is None else float(target)
@@ -128,7 +173,7 @@ def run_facts(log: RunLog, *, run_type: str | None = None, target: float | None 
         ranks = global_batch // (local_batch * (_int(log, "gradient_accumulation_frequency") or 1))
     _fill_samples(points, log, global_batch)
     return RunFacts(
-        path=log.path, run_type=run_type or infer_run_type(log), org=_str(log, "submission_org"),
+        path=log.path, run_type=kind.kind, org=_str(log, "submission_org"),
         platform=_str(log, "submission_platform"), nodes=_int(log, "number_of_nodes"),
         accelerators_per_node=_int(log, "accelerators_per_node"), ranks=ranks,
         global_batch_size=global_batch, local_batch_size=local_batch, optimizer=_str(log, "opt_name"),
@@ -140,7 +185,10 @@ def run_facts(log: RunLog, *, run_type: str | None = None, target: float | None 
         best_accuracy=max(accuracies) if accuracies else None,
         epochs_run=len(points), total_minutes=_minutes(run_start, end),
         status=str(run_stop.metadata.get("status", "unknown")) if run_stop else "incomplete",
-        epochs=points)
+        epochs=points, run_type_reason=kind.reason, seed=_int(log, logkeys.SEED), parts=list(log.parts),
+        precision=logged_precision(log), staged=log.first(logkeys.STAGING_START) is not None,
+        scenario=_str(log, SCENARIO_KEY), division=_str(log, logkeys.SUBMISSION_DIVISION),
+        step_seconds=_step_seconds(log), run_start_ms=run_start.time_ms)
 
 
 def resolve_target(log: RunLog) -> float:
@@ -151,11 +199,16 @@ def resolve_target(log: RunLog) -> float:
     return DEFAULT_TARGET
 
 
-def infer_run_type(log: RunLog) -> str:
-    if str(log.value("submission_division", "")).lower() == "open":
-        return "open"
-    mode = log.value("fastcam_mode")
-    return mode if mode in RUN_TYPES else FALLBACK_TYPE
+def _step_seconds(log: RunLog) -> list[float]:
+    """Seconds per optimizer step between consecutive per-step records of one epoch."""
+    records = [e for e in log.all(logkeys.TRAIN_LOSS)
+               if isinstance(e.metadata.get(logkeys.STEP_NUM), int) and isinstance(e.metadata.get(logkeys.EPOCH_NUM), int)]
+    out = []
+    for a, b in zip(records, records[1:]):
+        steps = b.metadata[logkeys.STEP_NUM] - a.metadata[logkeys.STEP_NUM]
+        if a.metadata[logkeys.EPOCH_NUM] == b.metadata[logkeys.EPOCH_NUM] and steps > 0:
+            out.append((b.time_ms - a.time_ms) / 1000.0 / steps)
+    return out
 
 
 def _epoch_points(log: RunLog, run_start: LogEvent) -> list[EpochPoint]:
@@ -176,6 +229,7 @@ def _epoch_points(log: RunLog, run_start: LogEvent) -> list[EpochPoint]:
             end = evaluation  # reference / NVIDIA: evaluation inside the epoch interval
         point = points.setdefault(epoch, EpochPoint(epoch, None, None))
         point.train_seconds = (end.time_ms - start.time_ms) / 1000.0
+        point.interval_seconds = (stop.time_ms - start.time_ms) / 1000.0
     return [points[k] for k in sorted(points)]
 
 

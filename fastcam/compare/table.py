@@ -135,14 +135,14 @@ def schedule_text(run: RunFacts) -> str:
     kind = s.get("type")
     if kind == "multistep":
         milestones = s.get("milestones")
-        text = f"multistep {_list(milestones)} x{_num(s.get('decay_rate'))}"
+        text = f"multistep {_list(milestones)} x{num_text(s.get('decay_rate'))}"
     elif kind == "cosine_annealing":
-        text = f"cosine_annealing t_max {_num(s.get('t_max'))}, eta_min {_num(s.get('eta_min'))}"
+        text = f"cosine_annealing t_max {num_text(s.get('t_max'))}, eta_min {num_text(s.get('eta_min'))}"
     else:
         text = str(kind) if kind is not None else "?"
     warmup = s.get("lr_warmup_steps")
     if isinstance(warmup, (int, float)) and warmup > 0:
-        text += f", warmup {_num(warmup)} x{_num(s.get('lr_warmup_factor'))}"
+        text += f", warmup {num_text(warmup)} x{num_text(s.get('lr_warmup_factor'))}"
     return text
 
 
@@ -198,14 +198,14 @@ def lr_text(value: float | None) -> str:
     return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 
 
-def _num(value) -> str:
+def num_text(value) -> str:
     return "?" if value is None else f"{value:g}" if isinstance(value, (int, float)) else str(value)
 
 
 def _list(value) -> str:
     if isinstance(value, list):
-        return "[" + " ".join(_num(v) for v in value) + "]"
-    return _num(value)
+        return "[" + " ".join(num_text(v) for v in value) + "]"
+    return num_text(value)
 
 
 def _opt(value: float | None, fmt: str) -> str:
@@ -226,15 +226,15 @@ def summary_table(groups: list[Group]) -> Table:
     for group in groups:
         run = group.first
         rows.append([
-            run.run_type, _num(run.nodes), _num(run.accelerators_per_node), _num(run.local_batch_size),
-            schedule_text(run), lr_text(run.start_lr), _optimizer_text(run), time_text(group),
+            run.run_type, num_text(run.nodes), num_text(run.accelerators_per_node), num_text(run.local_batch_size),
+            schedule_text(run), lr_text(run.start_lr), optimizer_text(run), time_text(group),
             epochs_text(group), str(len(group.runs)), _opt(group.speedup, ".2f") + ("x" if group.speedup else ""),
             _opt(group.median_samples_per_s, ".2f"), _opt(group.median_samples_per_s_per_device, ".2f"),
             _opt(group.scaling_efficiency, ".2f"), group_compliance_text(group)])
     return Table(SUMMARY_COLUMNS, rows)
 
 
-def _optimizer_text(run: RunFacts) -> str:
+def optimizer_text(run: RunFacts) -> str:
     name = run.optimizer or "?"
     return name if run.weight_decay is None else f"{name} (wd {run.weight_decay:g})"
 

@@ -1,0 +1,184 @@
+"""The run type of any log, from its hyperparameters and a rules profile.
+
+The ESIF-HPC-4 rules (top-level README) know three run types: *baseline*
+(the published parameters, as-is), *ported* (the baseline parameters, only
+the code changes a new architecture needs) and *optimized*; MLPerf adds the
+*open* division. A log from the MLCommons reference or NVIDIA's code does not
+say which it is, so the type follows from what it logged:
+
+1. ``submission_division`` open -> *open*;
+2. every baseline hyperparameter of the profile equals the logged value
+   (``opt_*``, ``scheduler_*``, ``local_batch_size``, ...; the profile's fixed
+   global batch, where it has one; its baseline precision, where the log says
+   which it used) -> *ported* when the log says so (``fastcam_mode`` ported),
+   else *baseline*;
+3. otherwise *optimized*, with the first differences as the reason.
+
+A hyperparameter the log does not record counts as a difference: a baseline
+claim needs the evidence. ``--type FILE=TYPE`` overrides all of this.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from fastcam import logkeys
+from fastcam.compare.logs import RunLog
+from fastcam.config import canonical_optimizer
+from fastcam.errors import ConfigError
+
+RUN_TYPES = ("baseline", "ported", "optimized", "open")
+# fastcam config field -> the log key the reference writes for it.
+_LOG_KEYS = {
+    "local_batch_size": logkeys.LOCAL_BATCH_SIZE,
+    "optimizer": logkeys.OPT_NAME,
+    "start_lr": logkeys.OPT_LR,
+    "optimizer_betas": logkeys.OPT_BETAS,
+    "optimizer_eps": logkeys.OPT_EPS,
+    "weight_decay": logkeys.OPT_WEIGHT_DECAY,
+    "lr_warmup_steps": logkeys.SCHEDULER_PREFIX + "lr_warmup_steps",
+    "lr_warmup_factor": logkeys.SCHEDULER_PREFIX + "lr_warmup_factor",
+    "gradient_accumulation_frequency": logkeys.GRADIENT_ACCUMULATION_FREQUENCY,
+    "batchnorm_group_size": logkeys.BATCHNORM_GROUP_SIZE,
+}
+PRECISION_MODE = "precision_mode"  # NVIDIA's key (and fastcam's, issue 15)
+# Relative tolerance for logged floats: NVIDIA logs float32 values (0.0020000000949949026).
+_REL_TOL = 1e-6
+_SHOWN_DIFFERENCES = 2
+
+
+@dataclass(frozen=True)
+class RunType:
+    kind: str
+    reason: str  # one line: why this type
+
+
+def classify(log: RunLog, profile: Any, override: str | None = None) -> RunType:
+    """The run type of ``log`` under ``profile`` (a :mod:`fastcam.rules` profile)."""
+    if override is not None:
+        if override not in RUN_TYPES:
+            raise ConfigError(f"run type must be one of {', '.join(RUN_TYPES)}, got {override!r}")
+        return RunType(override, "set with --type")
+    if str(log.value(logkeys.SUBMISSION_DIVISION, "")).lower() == "open":
+        return RunType("open", "submission_division open")
+    differences = baseline_differences(log, profile)
+    name = getattr(profile, "name", "the profile")
+    if differences:
+        shown = "; ".join(differences[:_SHOWN_DIFFERENCES])
+        more = f" (+{len(differences) - _SHOWN_DIFFERENCES} more)" if len(differences) > _SHOWN_DIFFERENCES else ""
+        return RunType("optimized", f"differs from the {name} baseline: {shown}{more}")
+    if log.value(logkeys.FASTCAM_MODE) == "ported":
+        return RunType("ported", f"{name} baseline parameters; fastcam_mode ported")
+    return RunType("baseline", f"{name} baseline parameters")
+
+
+def baseline_differences(log: RunLog, profile: Any) -> list[str]:
+    """``"key logged != baseline"`` for each baseline parameter the log differs in."""
+    baseline = _as_mapping(getattr(profile, "baseline"))
+    out: list[str] = []
+    warmup_steps = _get(baseline, "lr_warmup_steps")
+    for field, key in _LOG_KEYS.items():
+        wanted = _get(baseline, field)
+        if wanted is None:
+            continue
+        if field == "lr_warmup_factor" and not warmup_steps:
+            continue  # no effect without warmup steps (the published script logs 0 there)
+        if field == "local_batch_size" and log.value(key) is None:
+            logged = _derived_local_batch(log)
+        else:
+            logged = log.value(key)
+        if field == "optimizer":
+            logged, wanted = _optimizer(logged), canonical_optimizer(wanted)
+        if not _same(logged, wanted):
+            out.append(_difference(key, logged, wanted))
+    out += _schedule_differences(log, _as_mapping(_get(baseline, "lr_schedule") or {}))
+    fixed_global = getattr(profile, "global_batch_size", None)
+    if fixed_global is not None and not _same(log.value(logkeys.GLOBAL_BATCH_SIZE), fixed_global):
+        out.append(_difference(logkeys.GLOBAL_BATCH_SIZE, log.value(logkeys.GLOBAL_BATCH_SIZE), fixed_global))
+    allowed = baseline_precisions(profile)
+    used = logged_precision(log)
+    if allowed and used is not None and used not in allowed:
+        out.append(f"precision {used} (baseline allows {', '.join(allowed)})")
+    return out
+
+
+def logged_precision(log: RunLog) -> str | None:
+    """``fp32``, ``fp16``, ``bf16`` or ``amp`` as the log records it; None when it does not."""
+    value = log.value(PRECISION_MODE)
+    if value is None:
+        execution = log.value(logkeys.FASTCAM_EXECUTION)
+        value = execution.get("precision") if isinstance(execution, Mapping) else None
+    return None if value is None else str(value).lower()
+
+
+def baseline_precisions(profile: Any) -> tuple[str, ...]:
+    """The precisions the profile allows a baseline run (empty: no rule)."""
+    policy = getattr(profile, "precision", None)
+    if isinstance(policy, Mapping):
+        policy = policy.get("baseline")
+    elif policy is not None and hasattr(policy, "baseline"):
+        policy = getattr(policy, "baseline")
+    if policy is None:
+        return ()
+    values = [policy] if isinstance(policy, str) else list(policy)
+    return tuple(str(v).lower() for v in values)
+
+
+def _schedule_differences(log: RunLog, schedule: Mapping[str, Any]) -> list[str]:
+    out = []
+    for name, wanted in schedule.items():
+        key = logkeys.SCHEDULER_PREFIX + name
+        logged = log.value(key)
+        if not _same(logged, wanted):
+            out.append(_difference(key, logged, wanted))
+    return out
+
+
+def _derived_local_batch(log: RunLog) -> int | None:
+    global_batch, ranks = log.value(logkeys.GLOBAL_BATCH_SIZE), log.value(logkeys.NUMBER_OF_RANKS)
+    accumulation = log.value(logkeys.GRADIENT_ACCUMULATION_FREQUENCY) or 1
+    if isinstance(global_batch, int) and isinstance(ranks, int) and ranks > 0:
+        return global_batch // (ranks * accumulation)
+    return None
+
+
+def _optimizer(value: Any) -> Any:
+    try:
+        return canonical_optimizer(value)
+    except ConfigError:
+        return value
+
+
+def _same(logged: Any, wanted: Any) -> bool:
+    if logged is None:
+        return False
+    if isinstance(wanted, (list, tuple)):
+        return isinstance(logged, (list, tuple)) and len(logged) == len(wanted) and all(
+            _same(a, b) for a, b in zip(logged, wanted))
+    if isinstance(wanted, bool) or isinstance(logged, bool):
+        return logged == wanted
+    if isinstance(wanted, (int, float)) and isinstance(logged, (int, float)):
+        return math.isclose(float(logged), float(wanted), rel_tol=_REL_TOL, abs_tol=1e-12)
+    return str(logged).lower() == str(wanted).lower()
+
+
+def _difference(key: str, logged: Any, wanted: Any) -> str:
+    return f"{key} not logged (baseline {wanted!r})" if logged is None else f"{key} {logged!r} != {wanted!r}"
+
+
+def _as_mapping(value: Any) -> Mapping[str, Any]:
+    if isinstance(value, Mapping):
+        return value
+    if hasattr(value, "as_dict") and callable(value.as_dict):  # fastcam.config.LRSchedule: its type's keys only
+        return value.as_dict()
+    if dataclasses.is_dataclass(value):  # shallow: a nested schedule keeps its own as_dict
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    return vars(value)
+
+
+def _get(mapping: Mapping[str, Any], name: str) -> Any:
+    return mapping.get(name)
