@@ -304,3 +304,24 @@ def test_fastcam_rules_unknown_name_exits_2_with_one_line(monkeypatch, capsys):
     assert captured.out == ""
     assert captured.err.count("\n") == 1
     assert captured.err.startswith("fastcam: error: unknown rules profile 'nope' (known: esif-2025-12, ")
+
+
+@pytest.mark.parametrize("ranks, local", [(1, 1024), (2, 512), (4, 256)])
+def test_scenario_2_global_batch_1024_on_1_2_and_4_ranks(ranks, local):
+    p = rules.load("esif-2026-05")
+    assert p.local_batch_for(ranks) == local
+    assert p.local_batch_for(ranks) * ranks == p.scenarios["2"]["global_batch_size"]
+
+
+def test_local_batch_for_refuses_what_the_rules_forbid():
+    fixed = rules.load("esif-2026-05")
+    with pytest.raises(ConfigError, match="global batch 1024 does not divide over 3 ranks"):
+        fixed.local_batch_for(3)
+    with pytest.raises(ConfigError, match="gradient accumulation is not allowed under rules esif-2026-05"):
+        fixed.local_batch_for(4, accumulation=2)
+    with pytest.raises(ConfigError, match="global batch 512 is not allowed under rules esif-2026-05: it fixes 1024"):
+        fixed.local_batch_for(4, global_batch=512)
+    free = rules.load("mlperf-hpc-3.0")
+    with pytest.raises(ConfigError, match="do not fix a global batch"):
+        free.local_batch_for(4)
+    assert free.local_batch_for(16, accumulation=2, global_batch=256) == 8  # MLPerf allows accumulation

@@ -92,6 +92,24 @@ class Profile:
         if problem:
             raise GuardError(f"{name} {_show(value)} is not allowed under rules {self.name}: it must be {problem}")
 
+    def local_batch_for(self, ranks: int, accumulation: int = 1, global_batch: int | None = None) -> int:
+        """The local batch that makes ``global_batch`` (default: this profile's fixed one) on ``ranks``
+        ranks with ``accumulation`` steps per update; one ConfigError where the rules forbid it."""
+        if global_batch is None:
+            global_batch = self.global_batch_size
+        if global_batch is None:
+            raise ConfigError(f"rules {self.name} do not fix a global batch: give --global_batch_size")
+        if self.global_batch_size is not None and global_batch != self.global_batch_size:
+            raise ConfigError(f"global batch {global_batch} is not allowed under rules {self.name}: "
+                              f"it fixes {self.global_batch_size}")
+        if accumulation > 1 and not self.gradient_accumulation:
+            raise ConfigError(f"gradient accumulation is not allowed under rules {self.name}: "
+                              f"the global batch {global_batch} must divide over the {ranks} ranks")
+        if ranks < 1 or accumulation < 1 or global_batch % (ranks * accumulation):
+            raise ConfigError(f"global batch {global_batch} does not divide over {ranks} ranks x "
+                              f"{accumulation} accumulation steps")
+        return global_batch // (ranks * accumulation)
+
     def hyperparameters(self):
         """A fresh, validated :class:`fastcam.config.Hyperparameters` holding the baseline recipe."""
         from fastcam.config import Hyperparameters, Schedule
