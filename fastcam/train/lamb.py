@@ -23,6 +23,22 @@ CUDA kernels, so it runs on any device and needs no apex build:
    0, and -- apex with ``use_nvlamb=False`` -- 1 for every tensor of a group whose
    ``weight_decay`` is 0.
 
+GradScaler without a host sync: the class declares ``_step_supports_amp_scaling``,
+so ``torch.amp.GradScaler.step`` (torch/amp/grad_scaler.py) does not ``.item()``
+its ``found_inf`` but hands this optimizer ``grad_scale`` (the device scale, or
+None once ``scaler.unscale_`` ran) and ``found_inf`` (a device tensor, non-zero
+on overflow). The step divides the still-scaled gradients by the scale together
+with the clip divisor and, on overflow, keeps parameters, moments and the step
+counter as they were, all with device ops (``torch.where``).
+
+The step counter ``group["step"]`` is a 0-dim float64 tensor on the parameters'
+device, so that skipping an overflow step needs no host read and a compiled or
+captured step does not depend on a Python number (float64: ``1 - beta**step``
+then equals the Python-float value it replaces; checkpoints written with an int
+step still load). ``group["lr"]`` stays whatever the caller and the scheduler
+put there: a Python float, or a 0-dim tensor that torch's schedulers update in
+place (the form to use for compile or CUDA-graph capture).
+
 Deliberate differences from apex: gradients are not overwritten with the update
 (apex stores the update in ``p.grad``), and for float16/bfloat16 parameters the
 moments are kept and all arithmetic is done in float32 (apex keeps fp16 moments
@@ -43,20 +59,30 @@ from torch.optim import Optimizer
 from fastcam.errors import ConfigError
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+# float64: ``1 - beta**step`` computed on the device equals the Python value.
+STEP_DTYPE = torch.float64
 
 
 def check_hyperparameters(
     owner: str,
-    lr: float,
+    lr: float | Tensor,
     betas: Sequence[float],
     eps: float,
     weight_decay: float,
 ) -> tuple[float, float]:
     """Validate Adam-style hyperparameters; return ``betas`` as a float pair.
 
+    ``lr`` may be a 0-dim floating-point tensor (read once, here, to check it).
     Raises ConfigError naming ``owner`` (the optimizer) and the bad parameter.
     """
-    if not _is_finite_number(lr) or lr < 0:
+    if isinstance(lr, Tensor):
+        if lr.dim() != 0 or not lr.is_floating_point():
+            raise ConfigError(f"{owner}: a tensor learning rate must be a 0-dim float tensor, "
+                              f"got shape {tuple(lr.shape)} of {lr.dtype}")
+        lr_value: object = float(lr)
+    else:
+        lr_value = lr
+    if not _is_finite_number(lr_value) or lr_value < 0:  # type: ignore[operator]
         raise ConfigError(f"{owner}: learning rate must be a finite number >= 0, got {lr!r}")
     if (
         isinstance(betas, (str, bytes))
@@ -89,10 +115,14 @@ class Lamb(Optimizer):
     it exists as the readable reference and for debugging.
     """
 
+    # torch/amp/grad_scaler.py: GradScaler.step then sets self.grad_scale and
+    # self.found_inf (device tensors) and calls step() without reading found_inf.
+    _step_supports_amp_scaling = True
+
     def __init__(
         self,
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
-        lr: float = 1e-3,
+        lr: float | Tensor = 1e-3,
         betas: Sequence[float] = (0.9, 0.999),
         eps: float = 1e-6,
         weight_decay: float = 0.01,
@@ -118,6 +148,31 @@ class Lamb(Optimizer):
         super().__init__(params, defaults)
         self.foreach = bool(foreach)
 
+    def take_amp_state(self) -> tuple[Tensor | None, Tensor | None]:
+        """``(grad_scale, found_inf)`` as GradScaler.step left them, or None each.
+
+        GradScaler deletes ``grad_scale`` after the step but leaves
+        ``found_inf``; it is consumed here so that a stale one cannot skip a
+        later step taken without a scaler.
+        """
+        return getattr(self, "grad_scale", None), self.__dict__.pop("found_inf", None)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """torch's loader casts every floating state tensor to its parameter's
+        dtype (Optimizer._process_value_according_to_param_policy), which would
+        round the float32 moments of float16/bfloat16 parameters: put them back
+        from ``state_dict`` at full precision."""
+        super().load_state_dict(state_dict)
+        saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        params = [p for g in self.param_groups for p in g["params"]]
+        for saved_id, p in zip(saved_ids, params):
+            saved = state_dict["state"].get(saved_id, {})
+            if p.dtype not in _LOW_PRECISION:
+                continue
+            for key in ("exp_avg", "exp_avg_sq"):
+                if isinstance(saved.get(key), Tensor):
+                    self.state[p][key] = saved[key].to(p.device, torch.float32, copy=True)
+
     @torch.no_grad()
     def step(  # type: ignore[override]
         self, closure: Callable[[], float] | None = None
@@ -127,15 +182,18 @@ class Lamb(Optimizer):
             with torch.enable_grad():
                 loss = closure()
 
+        grad_scale, found_inf = self.take_amp_state()
         all_grads = [
             p.grad for group in self.param_groups for p in group["params"] if p.grad is not None
         ]
         if not all_grads:
             return loss
-        clip = _clip_divisor(all_grads, self.defaults["max_grad_norm"])
+        clip = _clip_divisor(all_grads, self.defaults["max_grad_norm"], grad_scale)
 
         for group in self.param_groups:
-            group["step"] = group.get("step", 0) + 1
+            home = group["params"][0].device if group["params"] else all_grads[0].device
+            skip = None if found_inf is None else found_inf.to(home) > 0
+            advance_step(group, home, skip)
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
@@ -155,12 +213,33 @@ class Lamb(Optimizer):
                 [self.state[p]["exp_avg_sq"] for p in params],
                 clip,
                 hyper,
+                skip,
             )
         return loss
 
 
-def _clip_divisor(grads: list[Tensor], max_grad_norm: float) -> Tensor:
-    """apex: ``g_norm / max_grad_norm`` if ``g_norm > max_grad_norm`` else 1 (0-dim tensor).
+def advance_step(group: dict[str, Any], device: torch.device, skip: Tensor | None) -> Tensor:
+    """Add 1 to ``group["step"]`` (0 when ``skip``), on ``device``; return it.
+
+    An int step (a checkpoint written before steps were tensors, or none yet)
+    becomes a 0-dim STEP_DTYPE tensor here, once.
+    """
+    step = group.get("step", 0)
+    if not isinstance(step, Tensor) or step.device != device or step.dtype != STEP_DTYPE:
+        step = torch.as_tensor(step, dtype=STEP_DTYPE).to(device)
+        group["step"] = step
+    if skip is None:
+        step.add_(1)
+    else:
+        step.add_(skip.logical_not())
+    return step
+
+
+def _clip_divisor(grads: list[Tensor], max_grad_norm: float,
+                  grad_scale: Tensor | None = None) -> Tensor:
+    """What to divide the gradients by (0-dim tensor): the GradScaler scale (if
+    any) times apex's ``g_norm / max_grad_norm`` if ``g_norm > max_grad_norm``
+    else 1, where ``g_norm`` is the norm of the unscaled gradients.
 
     The norm is accumulated in float32 (as apex's l2norm kernel), or float64 when
     there are float64 gradients.
@@ -178,16 +257,25 @@ def _clip_divisor(grads: list[Tensor], max_grad_norm: float) -> Tensor:
         per_tensor += [n.to(home, norm_dtype) for n in norms]
     # The norm of the per-tensor norms is the norm of all gradients together.
     global_norm = torch.linalg.vector_norm(torch.stack(per_tensor))
-    return torch.where(
+    if grad_scale is not None:
+        grad_scale = grad_scale.to(home, norm_dtype)
+        global_norm = global_norm / grad_scale
+    clip = torch.where(
         global_norm > max_grad_norm, global_norm / max_grad_norm, torch.ones_like(global_norm)
     )
+    return clip if grad_scale is None else clip * grad_scale
 
 
 class _StepConstants:
-    """The scalars of one group's step, computed as apex's host code does."""
+    """The scalars of one group's step, as apex's host code computes them.
 
-    def __init__(self, lr: float, beta1: float, beta2: float, beta3: float,
-                 correction1: float, correction2: float, eps: float, weight_decay: float) -> None:
+    ``correction1``/``correction2`` are 0-dim tensors when bias correction is on
+    (the step is a device tensor), and ``lr`` is a tensor when the group's is.
+    """
+
+    def __init__(self, lr: float | Tensor, beta1: float, beta2: float, beta3: float,
+                 correction1: float | Tensor, correction2: float | Tensor, eps: float,
+                 weight_decay: float) -> None:
         self.lr, self.beta1, self.beta2, self.beta3 = lr, beta1, beta2, beta3
         self.correction1, self.correction2 = correction1, correction2
         self.eps, self.weight_decay = eps, weight_decay
@@ -197,8 +285,9 @@ class _StepConstants:
         beta1, beta2 = group["betas"]
         step = group["step"]
         corrected = group["bias_correction"]
+        lr = group["lr"]
         return cls(
-            lr=group["lr"],
+            lr=lr.to(step.device) if isinstance(lr, Tensor) else lr,
             beta1=beta1,
             beta2=beta2,
             beta3=1.0 - beta1 if group["grad_averaging"] else 1.0,
@@ -209,11 +298,23 @@ class _StepConstants:
         )
 
 
+def _commit(targets: list[Tensor], results: list[Tensor], skip: Tensor | None) -> None:
+    """Write ``results`` into ``targets``; on overflow (``skip``) keep ``targets``."""
+    if skip is None:
+        torch._foreach_copy_(targets, results)
+        return
+    for target, result in zip(targets, results):
+        target.copy_(torch.where(skip, target, result))
+
+
 def _lamb_per_tensor(
     params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor], clip: Tensor, c: _StepConstants,
+    exp_avg_sqs: list[Tensor], clip: Tensor, c: _StepConstants, skip: Tensor | None = None,
 ) -> None:
-    for p, g, m, v in zip(params, grads, exp_avgs, exp_avg_sqs):
+    for p, g, m_state, v_state in zip(params, grads, exp_avgs, exp_avg_sqs):
+        # Under a GradScaler, work on copies and commit unless the step overflowed.
+        m = m_state if skip is None else m_state.clone()
+        v = v_state if skip is None else v_state.clone()
         p32 = p.float() if p.dtype in _LOW_PRECISION else p
         scaled = g.to(m.dtype) / clip.to(g.device)
         m.mul_(c.beta1).add_(scaled, alpha=c.beta3)
@@ -226,24 +327,34 @@ def _lamb_per_tensor(
             trusted = (p_norm != 0) & (u_norm != 0)
             step_size = torch.where(trusted, (p_norm / u_norm) * c.lr, c.lr)
             new_p = p32 - update.mul_(step_size)
+        elif isinstance(c.lr, Tensor):
+            new_p = p32 - update.mul_(c.lr)
         else:
             new_p = p32.add(update, alpha=-c.lr)
-        p.copy_(new_p)
+        if skip is not None:
+            _commit([m_state, v_state], [m, v], skip)
+        _commit([p], [new_p], skip)
 
 
 def _lamb_foreach(
     params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor], clip: Tensor, c: _StepConstants,
+    exp_avg_sqs: list[Tensor], clip: Tensor, c: _StepConstants, skip: Tensor | None = None,
 ) -> None:
     buckets: dict[tuple[torch.device, torch.dtype], list[int]] = defaultdict(list)
     for i, p in enumerate(params):
         buckets[(p.device, p.dtype)].append(i)
     for (device, dtype), idx in buckets.items():
         p_list = [params[i] for i in idx]
-        m_list = [exp_avgs[i] for i in idx]
-        v_list = [exp_avg_sqs[i] for i in idx]
+        m_state = [exp_avgs[i] for i in idx]
+        v_state = [exp_avg_sqs[i] for i in idx]
         low_precision = dtype in _LOW_PRECISION
-        p_math = [p.float() for p in p_list] if low_precision else p_list
+        # Under a GradScaler, work on copies and commit unless the step overflowed.
+        m_list = m_state if skip is None else torch._foreach_mul(m_state, 1.0)
+        v_list = v_state if skip is None else torch._foreach_mul(v_state, 1.0)
+        if low_precision:
+            p_math = [p.float() for p in p_list]
+        else:
+            p_math = p_list if skip is None else torch._foreach_mul(p_list, 1.0)
         g_math = [grads[i].to(m_list[0].dtype) for i in idx]
 
         scaled = torch._foreach_div(g_math, clip.to(device))
@@ -265,7 +376,13 @@ def _lamb_foreach(
             step_sizes = torch.where(trusted, (p_norms / u_norms) * c.lr, c.lr)
             torch._foreach_mul_(update, list(step_sizes.unbind()))
             torch._foreach_sub_(p_math, update)
+        elif isinstance(c.lr, Tensor):
+            torch._foreach_mul_(update, c.lr)
+            torch._foreach_sub_(p_math, update)
         else:
             torch._foreach_add_(p_math, update, alpha=-c.lr)
-        if low_precision:
-            torch._foreach_copy_(p_list, p_math)
+        if skip is not None:
+            _commit(m_state, m_list, skip)
+            _commit(v_state, v_list, skip)
+        if low_precision or skip is not None:
+            _commit(p_list, p_math, skip)
