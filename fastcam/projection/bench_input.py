@@ -34,6 +34,7 @@ class BenchRates:
     rates: Rates  # per accelerator, full size
     batch_size: int  # the local batch the training rate was measured at
     device: str
+    loader: str | None  # the epoch part's loader (hdf5, staged, ...), None where not measured
     assumptions: list[Assumption] = field(default_factory=list)
 
 
@@ -102,7 +103,9 @@ def measured_rates(bench: dict, path: str | os.PathLike, mode: str, *, train_ove
             "evaluation rate", f"{evaluation:.4g} samples/s per accelerator",
             f"measured: bench eval.{mode}.samples_per_s = {measured:.4g} ({at}"
             f"{f', batch {eval_batch}' if eval_batch else ''})"))
-    return BenchRates(Rates(train=train, eval=evaluation), batch, device, assumptions)
+    epoch = (bench.get("epoch") or {}).get(mode)
+    loader = epoch.get("loader") if isinstance(epoch, dict) else None
+    return BenchRates(Rates(train=train, eval=evaluation), batch, device, loader, assumptions)
 
 
 def _training_figure(bench: dict, path, mode: str) -> tuple[str, float]:

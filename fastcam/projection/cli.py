@@ -17,9 +17,10 @@ import math
 import sys
 from dataclasses import dataclass, field
 
-from fastcam.errors import ConfigError, FastcamError
+from fastcam.errors import ConfigError
 from fastcam.projection.bench_input import measured_rates, read_bench
 from fastcam.projection.epochs import epochs_for, logged_epochs
+from fastcam.projection.ruleset import rules_view
 from fastcam.projection.model import (DEFAULT_OVERLAP_FRACTION, EVAL_SAMPLES, GRADIENT_BYTES, PARAMETERS,
                                       TRAIN_SAMPLES, Assumption, Network, ScaleProjection, add_scaling_efficiency,
                                       project_scale)
@@ -52,7 +53,7 @@ def register(subparsers) -> None:
     p.add_argument("bench", metavar="BENCH_JSON", help="the JSON `fastcam bench` wrote")
     p.add_argument("logs", nargs="*", metavar="LOGS",
                    help="MLPerf logs (files or directories) whose epochs to 0.82 replace the reference's")
-    p.add_argument("--nodes", type=int, nargs="+", default=[1, 2, 4], help="node counts (default 1 2 4)")
+    p.add_argument("--nodes", type=int, nargs="+", help="node counts (default: the rules' scales, 1 2 4)")
     p.add_argument("--accelerators-per-node", type=int, default=DEFAULT_ACCELERATORS_PER_NODE,
                    help=f"default {DEFAULT_ACCELERATORS_PER_NODE} (a Kestrel GPU node)")
     batch = p.add_mutually_exclusive_group()
@@ -70,6 +71,8 @@ def register(subparsers) -> None:
                    help="share of a step's compute that can hide the all-reduce (default 2/3: the backward pass)")
     p.add_argument("--mode", choices=("optimized", "baseline"), default="optimized")
     p.add_argument("--epochs", type=float, help="epochs to 0.82 at every scale (overrides logs and RCPs)")
+    p.add_argument("--staging-minutes", type=float, metavar="M",
+                   help="staging time per run, counted where the rules time staging (measure `fastcam data stage`)")
     p.add_argument("--train-samples-per-s", type=float, metavar="R",
                    help="per-accelerator training rate at 768x1152 (overrides the bench)")
     p.add_argument("--eval-samples-per-s", type=float, metavar="R",
@@ -102,40 +105,69 @@ def run_project(args: argparse.Namespace) -> int:
 
 def build_projection(args: argparse.Namespace) -> Projection:
     _validate(args)
-    check_rules(args.rules)
+    rules = rules_view(args.rules)
     bench = read_bench(args.bench)
     measured = measured_rates(bench, args.bench, args.mode, train_override=args.train_samples_per_s,
                               eval_override=args.eval_samples_per_s)
     logs, notes = logged_epochs(args.logs)
     network = Network(args.intra_node_gbps, args.link_gbps, args.overlap, args.overlap_fraction)
+    staging, staging_assumption = _staging(args, rules, measured.loader)
+    global_batch = args.global_batch_size
+    if global_batch is None and args.local_batch_size is None:
+        global_batch = rules.global_batch_size
     per_node = args.accelerators_per_node
     scales, sources = [], {}
-    for nodes in sorted(set(args.nodes)):
-        local = _local_batch(args, nodes * per_node, measured.batch_size)
-        epochs = epochs_for(local * nodes * per_node, args.mode, override=args.epochs, logs=logs)
+    for nodes in sorted(set(args.nodes or rules.scales)):
+        local = _local_batch(global_batch, args.local_batch_size, nodes * per_node, measured.batch_size)
+        epochs = epochs_for(local * nodes * per_node, args.mode, override=args.epochs, logs=logs,
+                            ruleset=rules.mlperf_ruleset, published_baseline=rules.published_baseline)
         sources.setdefault(epochs.source, None)
         scales.append(project_scale(nodes, per_node, local, epochs=epochs.value, epochs_source=epochs.label,
-                                    rates=measured.rates, network=network))
+                                    rates=measured.rates, network=network, staging_min=staging))
     add_scaling_efficiency(scales)
     batches = {s.global_batch_size for s in scales}
     notes += [f"logs at global batch {b} match no projected scale" for b in sorted(logs) if b not in batches]
-    assumptions = measured.assumptions + _batch_assumptions(args, scales, measured.batch_size)
+    if rules.global_batch_size and batches != {rules.global_batch_size}:
+        notes.append(f"rules {rules.name} fix the global batch at {rules.global_batch_size}; this projection "
+                     f"uses {', '.join(map(str, sorted(batches)))}")
+    assumptions = measured.assumptions + _batch_assumptions(args, scales, measured.batch_size, rules)
     assumptions += [Assumption("epochs to 0.82", "", source) for source in sources]
-    assumptions += _fixed_assumptions(args, network)
+    assumptions += _fixed_assumptions(args, network, rules) + [staging_assumption]
     return Projection(str(args.bench), measured.device, args.mode, args.rules, scales, assumptions, notes)
 
 
-def _local_batch(args, accelerators: int, bench_batch: int) -> int:
-    if args.global_batch_size is None:
-        return args.local_batch_size or bench_batch
-    if args.global_batch_size % accelerators:
-        raise ConfigError(f"--global_batch_size {args.global_batch_size} does not divide over "
-                          f"{accelerators} accelerators")
-    return args.global_batch_size // accelerators
+def _local_batch(global_batch: int | None, local_batch: int | None, accelerators: int, bench_batch: int) -> int:
+    if global_batch is None:
+        return local_batch or bench_batch
+    if global_batch % accelerators:
+        raise ConfigError(f"global batch {global_batch} does not divide over {accelerators} accelerators "
+                          "(--global_batch_size or the rules' fixed global batch)")
+    return global_batch // accelerators
 
 
-def _batch_assumptions(args, scales: list[ScaleProjection], bench_batch: int) -> list[Assumption]:
+def _staging(args, rules, loader: str | None) -> tuple[float, Assumption]:
+    """Staging minutes counted per run, and the line that says why."""
+    stages = loader != "hdf5" if loader else args.mode == "optimized"
+    if not stages:
+        return 0.0, Assumption("staging", "none", f"the {args.mode} mode reads the HDF5 files directly"
+                               f"{' (bench epoch part)' if loader else ''}")
+    if not rules.staging_timed:
+        return 0.0, Assumption("staging and initialisation", "not counted",
+                               f"outside the timed region: rules {rules.name} allow staging before run_start")
+    if args.staging_minutes is not None:
+        return args.staging_minutes, Assumption("staging", f"{args.staging_minutes:g} min per run, counted",
+                                                f"--staging-minutes (given); rules {rules.name} time staging")
+    return 0.0, Assumption("staging", "NOT counted: unknown",
+                           f"rules {rules.name} keep staging inside the timed region; pass --staging-minutes "
+                           "(from a timed `fastcam data stage`) to count it")
+
+
+def _batch_assumptions(args, scales: list[ScaleProjection], bench_batch: int, rules) -> list[Assumption]:
     out = []
+    if args.global_batch_size is None and args.local_batch_size is None and rules.global_batch_size:
+        out.append(Assumption("global batch", str(rules.global_batch_size), f"rules {rules.name}: fixed"))
+    if args.nodes is None:
+        out.append(Assumption("nodes", " ".join(map(str, rules.scales)), f"rules {rules.name}: the scales"))
     locals_ = sorted({s.local_batch_size for s in scales})
     if locals_ != [bench_batch]:
         out.append(Assumption("local batch", ", ".join(map(str, locals_)),
@@ -148,7 +180,7 @@ def _batch_assumptions(args, scales: list[ScaleProjection], bench_batch: int) ->
     return out
 
 
-def _fixed_assumptions(args, network: Network) -> list[Assumption]:
+def _fixed_assumptions(args, network: Network, rules) -> list[Assumption]:
     def given(flag: str, value: float, default: float, source: str) -> str:
         return f"{flag} (given)" if value != default else f"default: {source}"
 
@@ -167,9 +199,8 @@ def _fixed_assumptions(args, network: Network) -> list[Assumption]:
                          "H100 SXM NVLink, 450 GB/s each way (NVIDIA datasheet); NCCL reaches less")),
         Assumption("all-reduce", "hierarchical ring, latency ignored", "model (fastcam/projection/model.py)"),
         Assumption("overlap", overlap, _overlap_source(network)),
-        Assumption("staging and initialisation", "not counted",
-                   "outside the timed region: MLPerf HPC 3.0.0 allows staging before run_start"),
-        Assumption("rules", args.rules, "--rules" if args.rules != DEFAULT_RULES else "default"),
+        Assumption("initialisation", "not counted", "the time to target runs from run_start, after init_stop"),
+        Assumption("rules", f"{rules.name}: {rules.title}", "--rules" if args.rules != DEFAULT_RULES else "default"),
     ]
 
 
@@ -181,28 +212,10 @@ def _overlap_source(network: Network) -> str:
     return "default: DDP overlaps bucketed all-reduces with the backward pass, about 2/3 of a step's FLOPs"
 
 
-def check_rules(name: str) -> None:
-    """The rule-set name must be known: to fastcam.rules where it exists, else only the default."""
-    try:
-        import fastcam.rules as rules
-    except ImportError:
-        rules = None
-    load = getattr(rules, "load", None)
-    if callable(load):
-        try:
-            load(name)
-        except FastcamError:
-            raise
-        except (KeyError, LookupError, OSError, ValueError) as err:
-            raise ConfigError(f"--rules {name}: unknown rule set ({err})") from None
-        return
-    if name != DEFAULT_RULES:
-        raise ConfigError(f"--rules {name}: unknown rule set; the only one known is {DEFAULT_RULES}")
-
-
 def _validate(args) -> None:
     checks = [
-        (all(n >= 1 for n in args.nodes), f"--nodes must be >= 1, got {' '.join(map(str, args.nodes))}"),
+        (all(n >= 1 for n in args.nodes or ()), f"--nodes must be >= 1, got {' '.join(map(str, args.nodes or ()))}"),
+        (args.staging_minutes is None or args.staging_minutes >= 0, "--staging-minutes must be >= 0"),
         (args.accelerators_per_node >= 1, "--accelerators-per-node must be >= 1"),
         (args.local_batch_size is None or args.local_batch_size >= 1, "--local_batch_size must be >= 1"),
         (args.global_batch_size is None or args.global_batch_size >= 1, "--global_batch_size must be >= 1"),

@@ -11,10 +11,12 @@ In order of precedence:
    that global batch, interpolated between the points the RCP check uses
    (fastcam.rcp, from mlperf_logging). These are the epochs of well-tuned
    hyperparameters (the RCPs are LAMB runs), not of any configuration.
-4. Baseline mode: the published 26 epochs at global batch 128 (AdamW, start LR
-   1e-3); at another global batch scaled by the RCPs' ratio of mean epochs at
-   that batch to 128 (an assumption: the baseline's epochs grow with the batch
-   as the reference's do).
+4. Baseline mode, where the rules' baseline is the published AdamW recipe
+   (start LR 1e-3, multistep): the published 26 epochs at global batch 128; at
+   another global batch scaled by the RCPs' ratio of mean epochs at that batch
+   to 128 (an assumption: the baseline's epochs grow with the batch as the
+   reference's do). A baseline of other rules (NVIDIA's LAMB recipe in the
+   January 2026 draft) takes the RCPs' epochs, as an optimized run does.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastcam.projection.model import TARGET_IOU
+from fastcam.rcp import DEFAULT_RULESET
 from fastcam.projection.published import BASELINE_EPOCHS, BASELINE_GLOBAL_BATCH, BASELINE_SOURCE
 
 
@@ -68,7 +71,8 @@ def logged_epochs(paths: list[str | os.PathLike]) -> tuple[dict[int, LoggedEpoch
 
 
 def epochs_for(global_batch: int, mode: str, *, override: float | None = None,
-               logs: dict[int, LoggedEpochs] | None = None) -> Epochs:
+               logs: dict[int, LoggedEpochs] | None = None, ruleset: str = DEFAULT_RULESET,
+               published_baseline: bool = True) -> Epochs:
     if override is not None:
         return Epochs(override, "--epochs", f"--epochs {override:g} (given)")
     logged = (logs or {}).get(global_batch)
@@ -80,17 +84,17 @@ def epochs_for(global_batch: int, mode: str, *, override: float | None = None,
                           f"measured: mean epochs to {TARGET_IOU} of the {len(logged.reached)} of {runs} "
                           f"log(s) at global batch {global_batch} that reached it")
         missed = f"; none of the {runs} log(s) at global batch {global_batch} reached {TARGET_IOU}"
-    if mode == "baseline":
-        return _baseline_epochs(global_batch, missed)
-    return _rcp_epochs(global_batch, missed)
+    if mode == "baseline" and published_baseline:
+        return _baseline_epochs(global_batch, missed, ruleset)
+    return _rcp_epochs(global_batch, missed, ruleset)
 
 
-def _rcp_epochs(global_batch: int, missed: str) -> Epochs:
-    from fastcam.rcp import DEFAULT_RULESET, point_for, reference_points
+def _rcp_epochs(global_batch: int, missed: str, ruleset: str) -> Epochs:
+    from fastcam.rcp import point_for, reference_points
 
-    point = point_for(global_batch)
-    sizes = [p.global_batch_size for p in reference_points()]
-    label = f"RCP {DEFAULT_RULESET}"
+    point = point_for(global_batch, ruleset)
+    sizes = [p.global_batch_size for p in reference_points(ruleset)]
+    label = f"RCP {ruleset}"
     if not point.interpolated:
         where = "a point of the check"
     elif sizes[0] < global_batch < sizes[-1]:
@@ -103,16 +107,16 @@ def _rcp_epochs(global_batch: int, missed: str) -> Epochs:
         where = f"outside the RCPs' range: the nearest point's, global batch {nearest}"
         label += f", nearest {nearest}"
     return Epochs(point.mean_epochs, label,
-                  f"MLPerf HPC {DEFAULT_RULESET} reference convergence points (mlperf_logging): mean "
+                  f"MLPerf HPC {ruleset} reference convergence points (mlperf_logging): mean "
                   f"{point.mean_epochs:.3g} epochs at global batch {global_batch}, {where}{missed}")
 
 
-def _baseline_epochs(global_batch: int, missed: str) -> Epochs:
+def _baseline_epochs(global_batch: int, missed: str, ruleset: str) -> Epochs:
     if global_batch == BASELINE_GLOBAL_BATCH:
         return Epochs(float(BASELINE_EPOCHS), "published baseline", BASELINE_SOURCE + missed)
     from fastcam.rcp import point_for
 
-    ratio = point_for(global_batch).mean_epochs / point_for(BASELINE_GLOBAL_BATCH).mean_epochs
+    ratio = point_for(global_batch, ruleset).mean_epochs / point_for(BASELINE_GLOBAL_BATCH, ruleset).mean_epochs
     return Epochs(BASELINE_EPOCHS * ratio, f"baseline x RCP {ratio:.3g}",
                   f"{BASELINE_SOURCE}, x {ratio:.3g} = RCP mean at global batch {global_batch} / at "
                   f"{BASELINE_GLOBAL_BATCH} (assumption: the baseline's epochs scale as the reference's){missed}")
