@@ -46,6 +46,10 @@ _LOG_KEYS = {
     "batchnorm_group_size": logkeys.BATCHNORM_GROUP_SIZE,
 }
 PRECISION_MODE = "precision_mode"  # NVIDIA's key (and fastcam's, issue 15)
+# Spellings seen in logs -> the profile's names. NVIDIA's DeepCAM logs "amp" for
+# its fp16 autocast + GradScaler mode (mlcommons/hpc_results_v3.0 NVIDIA result files).
+_PRECISION_NAMES = {"amp": "fp16", "mixed": "fp16", "float16": "fp16", "half": "fp16", "bfloat16": "bf16",
+                    "float32": "fp32"}
 # Relative tolerance for logged floats: NVIDIA logs float32 values (0.0020000000949949026).
 _REL_TOL = 1e-6
 _SHOWN_DIFFERENCES = 2
@@ -112,7 +116,10 @@ def logged_precision(log: RunLog) -> str | None:
     if value is None:
         execution = log.value(logkeys.FASTCAM_EXECUTION)
         value = execution.get("precision") if isinstance(execution, Mapping) else None
-    return None if value is None else str(value).lower()
+    if value is None:
+        return None
+    name = str(value).lower()
+    return _PRECISION_NAMES.get(name, name)
 
 
 def baseline_precisions(profile: Any) -> tuple[str, ...]:
