@@ -162,8 +162,9 @@ def test_epochs_interpolated_between_rcp_points_for_strong_scaling(capsys, tmp_p
 
 
 def test_baseline_uses_the_published_26_epochs_scaled_by_the_rcps(capsys, tmp_path):
-    result = projected(capsys, tmp_path, HAND_MADE, "--mode", "baseline", "--nodes", "4", "8")
-    at_128, at_256 = result["scales"]
+    result = projected(capsys, tmp_path, HAND_MADE, "--mode", "baseline", "--nodes", "1", "4", "8")
+    at_32, at_128, at_256 = result["scales"]
+    assert at_32["epochs"] == 26 and at_32["epochs_source"] == "published baseline, as at 128"
     assert at_128["global_batch_size"] == 128 and at_128["epochs"] == 26
     assert at_128["epochs_source"] == "published baseline"
     assert at_256["epochs"] == pytest.approx(26 * 7.81 / 6.94, abs=0.05)  # RCP means at 256 and 128

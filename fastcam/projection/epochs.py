@@ -114,8 +114,13 @@ def _rcp_epochs(global_batch: int, missed: str, ruleset: str) -> Epochs:
 def _baseline_epochs(global_batch: int, missed: str, ruleset: str) -> Epochs:
     if global_batch == BASELINE_GLOBAL_BATCH:
         return Epochs(float(BASELINE_EPOCHS), "published baseline", BASELINE_SOURCE + missed)
-    from fastcam.rcp import point_for
+    from fastcam.rcp import point_for, reference_points
 
+    smallest = reference_points(ruleset)[0].global_batch_size
+    if global_batch < smallest:  # below the RCPs there is no ratio to scale by
+        return Epochs(float(BASELINE_EPOCHS), f"published baseline, as at {BASELINE_GLOBAL_BATCH}",
+                      f"{BASELINE_SOURCE}; assumed the same at global batch {global_batch}, below the RCPs' "
+                      f"smallest point ({smallest}){missed}")
     ratio = point_for(global_batch, ruleset).mean_epochs / point_for(BASELINE_GLOBAL_BATCH, ruleset).mean_epochs
     return Epochs(BASELINE_EPOCHS * ratio, f"baseline x RCP {ratio:.3g}",
                   f"{BASELINE_SOURCE}, x {ratio:.3g} = RCP mean at global batch {global_batch} / at "
