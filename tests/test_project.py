@@ -225,7 +225,7 @@ def test_rules_decide_the_default_scales_global_batch_and_untimed_staging(capsys
     assert [s["local_batch_size"] for s in result["scales"]] == [256, 64, 32]
     assert all(s["epochs"] == pytest.approx(13.0) for s in result["scales"])  # the RCP point at 1024
     assert all(s["staging_min"] == 0 for s in result["scales"])
-    assert "allow staging before run_start" in assumption(result, "staging and initialisation")["source"]
+    assert "allow staging before run_start" in assumption(result, "staging")["source"]
     assert assumption(result, "global batch")["source"] == "rules esif-2026-05: fixed"
     weak = projected(capsys, tmp_path, HAND_MADE, "--rules", "esif-2026-05", "--local_batch_size", "8")
     assert "rules esif-2026-05 fix the global batch at 1024; this projection uses 32, 128, 256" in weak["notes"]
@@ -239,6 +239,7 @@ def test_staging_counts_once_per_run_where_the_rules_time_it(capsys, tmp_path):
     allowed = projected(capsys, tmp_path, HAND_MADE, "--nodes", "4", "--epochs", "10", "--staging-minutes", "5",
                         "--rules", "mlperf-hpc-3.0")
     assert allowed["scales"][0]["total_minutes"] == pytest.approx(untimed["scales"][0]["total_minutes"])
+    assert "--staging-minutes ignored" in assumption(allowed, "staging")["source"]
     baseline = projected(capsys, tmp_path, HAND_MADE, "--nodes", "4", "--mode", "baseline", "--staging-minutes", "5")
     assert baseline["scales"][0]["staging_min"] == 0  # the baseline's epoch part read HDF5: nothing staged
     assert assumption(baseline, "staging")["value"] == "none"

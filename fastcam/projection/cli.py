@@ -152,11 +152,13 @@ def _staging(args, rules, loader: str | None) -> tuple[float, Assumption]:
         return 0.0, Assumption("staging", "none", f"the {args.mode} mode reads the HDF5 files directly"
                                f"{' (bench epoch part)' if loader else ''}")
     if not rules.staging_timed:
-        return 0.0, Assumption("staging and initialisation", "not counted",
-                               f"outside the timed region: rules {rules.name} allow staging before run_start")
+        ignored = "; --staging-minutes ignored" if args.staging_minutes is not None else ""
+        return 0.0, Assumption("staging", "not counted", f"outside the timed region: rules {rules.name} allow "
+                               f"staging before run_start{ignored}")
     if args.staging_minutes is not None:
         return args.staging_minutes, Assumption("staging", f"{args.staging_minutes:g} min per run, counted",
-                                                f"--staging-minutes (given); rules {rules.name} time staging")
+                                                f"--staging-minutes (given, the same at every scale); rules "
+                                                f"{rules.name} time staging")
     return 0.0, Assumption("staging", "NOT counted: unknown",
                            f"rules {rules.name} keep staging inside the timed region; pass --staging-minutes "
                            "(from a timed `fastcam data stage`) to count it")
