@@ -47,6 +47,7 @@ import torch
 
 from fastcam.data.dali_source import StagedBatchSource
 from fastcam.data.staged import StagedLoader
+from fastcam import errors
 from fastcam.errors import ConfigError, FastcamError
 
 try:
@@ -93,6 +94,23 @@ def dali_device(device: torch.device) -> tuple[str, int | None]:
     raise ConfigError(f"the DALI loader runs on cpu or cuda devices, not {device}")
 
 
+def worker_error(err: BaseException) -> FastcamError | None:
+    """The fastcam error a parallel worker raised, rebuilt from what DALI passes on, or None.
+
+    DALI turns a worker's exception into a RuntimeError of its message
+    (``nvidia/dali/_multiproc/messages.py``, ``CompletedTask.failed``) and raises
+    a bare Exception holding the worker's traceback text from it
+    (``pool.py``, ``handle_error``); the traceback's last line names the type.
+    """
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    kind, _, message = lines[-1].partition(": ") if lines else ("", "", "")
+    module, _, name = kind.rpartition(".")
+    cls = getattr(errors, name, None) if module == errors.__name__ else None
+    if isinstance(cls, type) and issubclass(cls, FastcamError):
+        return cls(message)
+    return None
+
+
 class DaliLoader(StagedLoader):
     """A split of one rank's staged cache through DALI; the staged loader's attributes and batches.
 
@@ -125,11 +143,9 @@ class DaliLoader(StagedLoader):
                 yield batch["inputs"].permute(0, 3, 1, 2), batch["labels"], names
             finished = True
         except Exception as err:
-            # A parallel worker's error arrives as a bare Exception carrying the worker's
-            # traceback as text, raised from the original (nvidia/dali/_multiproc/pool.py,
-            # handle_error): give the user the original one-line error.
-            if isinstance(err.__cause__, FastcamError):
-                raise err.__cause__ from None
+            original = worker_error(err)
+            if original is not None:
+                raise original from None
             raise
         finally:
             if finished:
