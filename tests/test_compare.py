@@ -4,6 +4,7 @@ the MLCommons reference's and NVIDIA's formats, and on broken input."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import shutil
@@ -293,7 +294,8 @@ def test_type_overrides_and_bad_values(capsys):
 
 def test_reference_format_log_parses():
     facts = run_facts(read_log(REFERENCE_LOG))
-    assert facts.run_type == "closed" and facts.org == "Umbrella Corp."
+    # AdamW 1e-3, multistep [1200] x 0.5, local batch 8: the default profile's baseline parameters.
+    assert facts.run_type == "baseline" and facts.org == "Umbrella Corp."
     assert (facts.nodes, facts.accelerators_per_node, facts.ranks, facts.local_batch_size) == (4, 4, 16, 8)
     assert facts.target == 0.82  # from target_accuracy_reached
     minutes, epoch = expected_minutes_and_epoch(REFERENCE_LOG, 0.82)
@@ -340,3 +342,151 @@ def test_markdown_escapes_pipes():
 
     text = render_markdown(Table(["a", "b"], [["x|y", "z"]]))
     assert text.splitlines()[2] == "| x\\|y | z |"
+
+
+# ---- run types, scoring, RCPs, resumed and skipped logs (issue 16) -------------------
+# Hand-made fixtures, written by tests/data/compare_make_fixtures.py.
+
+from fastcam import rcp, rules  # noqa: E402
+from fastcam.compare.runtype import classify  # noqa: E402
+from fastcam.compare.scoring import rcp_verdict, score  # noqa: E402
+
+BASELINE_276 = DATA / "compare_reference_baseline_276min.log"
+LAMB_14 = DATA / "compare_nvidia_lamb_14min.txt"
+REPEATS = DATA / "compare_repeats"
+RESUMED = DATA / "compare_resumed"
+STUB = DATA / "compare_stub.log"
+
+
+def test_foreign_logs_get_run_types_from_the_profile_and_a_speedup(capsys):
+    rc, out, _ = compare(capsys, str(BASELINE_276), str(LAMB_14), "--no-check", "--csv")
+    records = {Path(r["log"]).name: r for r in csv_rows(out)}
+    base, lamb = records[BASELINE_276.name], records[LAMB_14.name]
+    assert rc == 0 and (base["run_type"], lamb["run_type"]) == ("baseline", "optimized")
+    expected = expected_minutes_and_epoch(BASELINE_276, 0.82)[0] / expected_minutes_and_epoch(LAMB_14, 0.82)[0]
+    assert float(lamb["speedup"]) == pytest.approx(expected, rel=1e-5) and round(expected, 1) == 19.6
+    rc, out, _ = compare(capsys, str(BASELINE_276), str(LAMB_14), "--no-check")
+    rows = [line for line in out.splitlines() if line.startswith("| optimized")]
+    assert f"| {expected:.2f}x |" in rows[0]
+    # The reason names the first differences from the profile's baseline.
+    reason = classify(read_log(LAMB_14), rules.load("esif-2025-12")).reason
+    assert "opt_name 'LAMB' != 'AdamW'" in reason
+    # Under the MLPerf profile (LAMB baseline) the AdamW reference run is not a baseline run.
+    assert classify(read_log(BASELINE_276), rules.load("mlperf-hpc-3.0")).kind == "optimized"
+    # fp16 autocast ("amp") is not the fp32 the default profile's baseline allows.
+    lamb_as_adamw = classify(read_log(LAMB_14), SimpleNamespace(
+        name="p", baseline={"optimizer": "LAMB"}, global_batch_size=None, precision={"baseline": ("fp32",)}))
+    assert lamb_as_adamw.kind == "optimized" and "precision fp16" in lamb_as_adamw.reason
+
+
+def _repeat_facts() -> list:
+    profile = rules.load("mlperf-hpc-3.0")
+    return [run_facts(read_log(p), profile=profile) for p in sorted(REPEATS.glob("result_*.txt"))]
+
+
+def test_five_repeats_olympic_mean_median_and_rcp_verdict(capsys):
+    minutes = sorted(expected_minutes_and_epoch(p, 0.82)[0] for p in REPEATS.glob("result_*.txt"))
+    epochs = sorted(expected_minutes_and_epoch(p, 0.82)[1] for p in REPEATS.glob("result_*.txt"))
+    rc, out, _ = compare(capsys, str(REPEATS), "--no-check", "--json", "--rules", "mlperf-hpc-3.0")
+    report = json.loads(out)
+    result = report["scores"][0]
+    assert rc == 0 and report["table"] == "mlperf" and result["runs"] == result["converged"] == 5
+    assert result["olympic_mean_minutes"] == pytest.approx(statistics.mean(minutes[1:-1]), rel=1e-12)
+    assert result["median_minutes"] == pytest.approx(statistics.median(minutes), rel=1e-12)
+    point = rcp.point_for(128)
+    assert statistics.mean(epochs[1:-1]) >= point.min_epochs and result["rcp_passed"] is True
+    assert result["rcp"] == f"pass: mean {statistics.mean(epochs[1:-1]):.2f} epochs >= {point.min_epochs:.2f} at global batch 128"
+    assert result["rcp_factor"] == 1.0 and result["score_minutes"] == result["olympic_mean_minutes"]
+    assert report["summary"][0]["RCP check"] == result["rcp"]
+
+
+def test_rcp_failure_normalisation_and_non_convergence():
+    profile = rules.load("mlperf-hpc-3.0")
+    runs = _repeat_facts()
+    point = rcp.point_for(128)
+
+    def with_epochs(values):
+        return [dataclasses.replace(r, epochs_to_target=e) for r, e in zip(runs, values)]
+
+    too_fast = rcp_verdict(with_epochs([5, 5, 6, 6, 7]), profile)
+    assert too_fast.passed is False and too_fast.text.startswith(f"fail: mean {17 / 3:.2f} epochs")
+    assert f"{point.min_epochs:.2f}" in too_fast.text and len(too_fast.text.splitlines()) == 1
+    # Faster than the RCP mean but within its limit: the score is scaled by RCP mean / mean epochs.
+    close = with_epochs([6, 6, 7, 7, 7])
+    result = score(close, profile)
+    factor = point.mean_epochs / (20 / 3)
+    assert rcp_verdict(close, profile).passed and result.rcp_factor == pytest.approx(factor)
+    assert result.minutes == pytest.approx(result.olympic_mean_minutes * factor) and "RCP normalisation" in result.note
+    # One run that did not converge counts as the slowest; two make the set fail.
+    one = [dataclasses.replace(runs[0], minutes_to_target=None, epochs_to_target=None, reached=False), *runs[1:]]
+    kept = sorted(r.minutes_to_target for r in runs[1:])[1:]
+    assert score(one, profile).olympic_mean_minutes == pytest.approx(statistics.mean(kept))
+    two = [dataclasses.replace(r, minutes_to_target=None, epochs_to_target=None, reached=False) for r in runs[:2]]
+    failed = score([*two, *runs[2:]], profile)
+    assert failed.minutes is None and "2 of 5 runs did not converge" in failed.note
+    assert rcp_verdict([*two, *runs[2:]], profile).text.startswith("fail: insufficient convergence")
+
+
+def test_esif_median_of_replicates_and_scenario_table(capsys, tmp_path):
+    profile = rules.load("esif-2026-05")
+    runs = [rewritten_copy(p, tmp_path / p.name, global_batch_size=1024)
+            for p in sorted(REPEATS.glob("result_*.txt"))[:3]]
+    rc, out, _ = compare(capsys, *map(str, runs), "--no-check", "--json", "--rules", profile.name)
+    report = json.loads(out)
+    assert rc == 0 and report["table"] == "esif-scenarios" and len(report["summary"]) == 3
+    minutes = [expected_minutes_and_epoch(p, 0.82)[0] for p in runs]
+    assert report["scores"][0]["score_minutes"] == pytest.approx(statistics.median(minutes))
+    for row, path in zip(report["summary"], runs):
+        events = raw_events(path)
+        spans = [(b["time_ms"] - a["time_ms"]) / 60000.0 for a, b in zip(
+            (e for e in events if e["key"] == "epoch_start"), (e for e in events if e["key"] == "epoch_stop"))]
+        assert row["Scenario"] == "2" and row["Total Accelerators"] == "16" and row["Data staged"] == "no"
+        assert row["Total Time Required (minutes)"] == f"{sum(spans):.3g}"
+        assert row["Median timing per epoch (minutes)"] == f"{statistics.median(spans):.3g}"
+        assert row["Epochs Required"] == str(expected_minutes_and_epoch(path, 0.82)[1])
+    assert sorted(r["Replicate"] for r in report["summary"]) == ["1", "2", "3"]
+
+
+def test_a_killed_and_resumed_run_is_one_row(capsys, tmp_path):
+    first, second = RESUMED / "deepcam.20240101-120000.log", RESUMED / "deepcam.log"
+    rc, out, _ = compare(capsys, str(RESUMED), "--no-check", "--csv")
+    rows = csv_rows(out)
+    assert rc == 0 and len(rows) == 1
+    a, b = raw_events(first), raw_events(second)
+    hit = next(e for e in b if e["key"] == "eval_accuracy" and e["value"] >= 0.82)
+    expected = (a[-1]["time_ms"] - first_event(a, "run_start")) + (hit["time_ms"] - first_event(b, "run_start"))
+    assert float(rows[0]["minutes_to_target"]) == pytest.approx(expected / 60000.0, rel=1e-5)
+    assert (rows[0]["epochs_to_target"], rows[0]["epochs_run"], rows[0]["status"]) == ("6", "6", "success")
+    # Another seed under the same tag is another run, not a continuation.
+    other = tmp_path / "resumed"
+    other.mkdir()
+    shutil.copy(first, other / first.name)
+    rewritten_copy(second, other / second.name, seed=78)
+    rc, out, _ = compare(capsys, str(other), "--no-check", "--csv")
+    assert rc == 0 and len(csv_rows(out)) == 2
+
+
+def first_event(events: list[dict], key: str) -> float:
+    return first(events, key)["time_ms"]
+
+
+def test_a_stub_log_beside_good_logs_is_skipped_with_its_reason(capsys, tmp_path):
+    good = tmp_path / "runs"
+    good.mkdir()
+    for path in (BASELINE_276, LAMB_14):
+        shutil.copy(path, good / path.name)
+    _, clean, _ = compare(capsys, str(good), "--no-check", "--csv")
+    shutil.copy(STUB, good / STUB.name)
+    rc, out, err = compare(capsys, str(good), "--no-check", "--csv")
+    assert rc == 0 and out == clean
+    assert err.strip() == (f"skipped {good / STUB.name}: {good / STUB.name}: no run_start record (line 3 is the "
+                           "last record); the run never started or the log is cut short")
+    rc, out, _ = compare(capsys, str(good), "--no-check")
+    assert rc == 0 and "| Skipped log | Reason |" in out and "| baseline |" in out
+    rc, out, err = compare(capsys, str(STUB), "--no-check")
+    assert rc != 0 and out == "" and len(err.strip().splitlines()) == 1 and "no run_start" in err
+
+
+def test_unknown_rules_profile_is_one_line(capsys):
+    rc, _, err = compare(capsys, str(BASELINE_276), "--no-check", "--rules", "esif-1999")
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "esif-1999" in err

@@ -87,7 +87,7 @@ def scenario_of(run: RunFacts, profile: Any) -> str | None:
                and s["local_batch_size"] in (None, run.local_batch_size)]
     timing_only = bool(run.step_seconds) and not run.reached
     preferred = [n for n in fitting if (scenarios[n]["metric"] == "median_step_time") == timing_only]
-    chosen = preferred or fitting
+    chosen = preferred
     return chosen[0] if len(chosen) == 1 else None
 
 
