@@ -39,7 +39,7 @@ def test_loaders_shard_training_disjoint_equal_and_validation_once(random_datase
     train_shards, val_names = [], Counter()
     for rank in range(world_size):
         loaders = build_reference_loaders(random_dataset, local_batch_size=2, workers=0, rank=rank,
-                                          world_size=world_size, seed=5)
+                                          world_size=world_size)
         loaders.train_sampler.set_epoch(1)
         names = [n for _, _, batch in loaders.train for n in batch]
         train_shards.append(names)
@@ -54,19 +54,37 @@ def test_loaders_shard_training_disjoint_equal_and_validation_once(random_datase
     assert set(val_names.values()) == {1}
 
 
-def test_training_order_changes_with_epoch_and_repeats_with_seed(random_dataset):
-    def order(epoch, seed):
-        loaders = build_reference_loaders(random_dataset, local_batch_size=3, workers=0, seed=seed)
-        loaders.train_sampler.set_epoch(epoch)
-        return [n for _, _, batch in loaders.train for n in batch]
+def reference_order(files, epoch: int, rank: int, world_size: int) -> list[str]:
+    """The reference's documented order, written from its semantics: the sorted
+    list shuffled once by RandomState(12345), then DistributedSampler with seed
+    0 (torch.randperm under manual_seed(0 + epoch)), drop_last, every
+    world_size-th index from this rank."""
+    names = sorted(str(f) for f in files)
+    np.random.RandomState(12345).shuffle(names)
+    g = torch.Generator()
+    g.manual_seed(epoch)
+    perm = torch.randperm(len(names), generator=g).tolist()
+    total = len(names) // world_size * world_size
+    return [names[i] for i in perm[:total][rank:total:world_size]]
 
-    assert order(0, 1) == order(0, 1)
-    assert order(0, 1) != order(1, 1)
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_training_order_is_the_references_for_every_epoch_and_rank(random_dataset, world_size):
+    files = layout.list_files(random_dataset, "train")
+    for rank in range(world_size):
+        loaders = build_reference_loaders(random_dataset, local_batch_size=2, workers=0, rank=rank,
+                                          world_size=world_size)
+        for epoch in (0, 1, 5):
+            loaders.set_epoch(epoch)
+            got = [n for _, _, batch in loaders.train for n in batch]
+            expected = reference_order(files, epoch, rank, world_size)
+            assert got == expected[:len(expected) // 2 * 2]  # drop_last batches of 2
+    assert reference_order(files, 0, 0, 1) != reference_order(files, 1, 0, 1)
 
 
 def test_loader_with_worker_processes_reads_the_same_samples(random_dataset):
-    a = build_reference_loaders(random_dataset, local_batch_size=2, workers=2, seed=3)
-    b = build_reference_loaders(random_dataset, local_batch_size=2, workers=0, seed=3)
+    a = build_reference_loaders(random_dataset, local_batch_size=2, workers=2)
+    b = build_reference_loaders(random_dataset, local_batch_size=2, workers=0)
     for (xa, ya, _), (xb, yb, _) in zip(a.train, b.train):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
 

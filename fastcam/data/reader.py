@@ -3,9 +3,13 @@
 Mirrors the MLCommons reference (``data/cam_hdf5_dataset.py`` and
 ``data/__init__.py::get_dataloaders``): one h5py open/read per sample,
 NumPy normalisation ``(x - minval) / (maxval - minval)``, transpose to
-channel-first; training shards through a ``DistributedSampler`` (shuffle, drop
-last), validation split across ranks so that every sample is seen exactly once
-(uneven shards allowed) with batch size 1. Files are opened inside
+channel-first; the training file list sorted, shuffled once with NumPy's
+``RandomState(12345)`` (``CamDataset(shuffle=True)``'s fixed seed) and drawn
+through a ``DistributedSampler(shuffle=True, drop_last=True)`` with its
+default seed 0 and ``set_epoch(epoch)``, so the data order depends on the
+epoch, the rank and the rank count but never on ``--seed``; validation split
+across ranks so that every sample is seen exactly once (uneven shards allowed)
+with batch size 1. Files are opened inside
 ``__getitem__``, so nothing HDF5 is open when DataLoader workers fork.
 """
 
@@ -101,16 +105,29 @@ class Loaders:
         self.train_sampler.set_epoch(epoch)
 
 
+# The reference's fixed seeds (data/cam_hdf5_dataset.py and DistributedSampler's default).
+FILE_SHUFFLE_SEED = 12345
+SAMPLER_SEED = 0
+
+
+def reference_train_order(files: Sequence[Path]) -> list[Path]:
+    """The training files in the order the reference's dataset holds them:
+    sorted, then shuffled once with ``RandomState(12345)``."""
+    order = sorted(files)
+    np.random.RandomState(FILE_SHUFFLE_SEED).shuffle(order)
+    return order
+
+
 def build_reference_loaders(data_dir: str | os.PathLike, *, local_batch_size: int, workers: int,
-                            rank: int = 0, world_size: int = 1, seed: int = 0,
+                            rank: int = 0, world_size: int = 1,
                             channels: Sequence[int] | None = None, pin_memory: bool = False) -> Loaders:
     """Training and validation DataLoaders exactly as the reference builds them."""
     minval, maxval = layout.load_stats(data_dir, None if channels is None else list(channels))
     train_files = layout.list_files(data_dir, "train")
     val_files = layout.list_files(data_dir, "validation")
-    train_set = CamDataset(train_files, minval, maxval, channels)
+    train_set = CamDataset(reference_train_order(train_files), minval, maxval, channels)
     sampler = DistributedSampler(train_set, num_replicas=world_size, rank=rank, shuffle=True,
-                                 seed=seed, drop_last=True)
+                                 seed=SAMPLER_SEED, drop_last=True)
     if len(sampler) < local_batch_size:
         raise DataError(
             f"{layout.split_dir(data_dir, 'train')}: {len(train_files)} training files give "

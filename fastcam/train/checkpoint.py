@@ -5,8 +5,11 @@ possibly prefixed ``module.`` by DDP) as ``<prefix>_step_<N>.cpt``. fastcam
 writes the same keys, with the model in the reference's key names, so either
 tool can read the other's checkpoints, and adds ``scheduler``, ``grad_scaler``,
 ``rng`` (torch CPU/CUDA, NumPy, Python) and ``config`` (the hyperparameters,
-checked on resume). Files are written to a temp file, fsynced and renamed, so
-a crash never leaves a half-written checkpoint in place of a good one.
+checked on resume). Every field is a tensor or a plain Python value, so
+``torch.load(path, weights_only=True)`` -- the reference's plain ``torch.load``
+since torch 2.6 -- reads a fastcam checkpoint with no extra globals. Files are
+written to a temp file, fsynced and renamed, so a crash never leaves a
+half-written checkpoint in place of a good one.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ FORMAT = "fastcam-checkpoint-1"
 def rng_state() -> dict[str, Any]:
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
+        "numpy": _numpy_state_as_plain(np.random.get_state()),
         "python": random.getstate(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -40,9 +43,24 @@ def rng_state() -> dict[str, Any]:
     return state
 
 
+def _numpy_state_as_plain(state) -> dict[str, Any]:
+    """NumPy's legacy RNG state (kind, 624 uint32 keys, pos, has_gauss, gauss) as
+    a tensor and Python numbers: a NumPy array would need unsafe globals to load."""
+    kind, keys, pos, has_gauss, gauss = state
+    return {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached_gaussian": float(gauss)}
+
+
+def _numpy_state_from_plain(state) -> tuple:
+    if isinstance(state, dict):
+        keys = state["keys"].numpy().astype(np.uint32)
+        return state["kind"], keys, state["pos"], state["has_gauss"], state["cached_gaussian"]
+    return state  # a checkpoint of fastcam 0.1.0 (before issue 11) stored NumPy's tuple itself
+
+
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    np.random.set_state(_numpy_state_from_plain(state["numpy"]))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         cuda = state["cuda"]
@@ -73,8 +91,9 @@ def load(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
-        # weights_only=True refuses arbitrary pickled code. NumPy's and
-        # Python's RNG states need a few extra safe globals.
+        # weights_only=True refuses arbitrary pickled code. Checkpoints written
+        # before issue 11 hold NumPy's RNG state as an array: those few NumPy
+        # globals stay allowed so that they still load.
         with torch.serialization.safe_globals(_numpy_rng_globals()):
             payload = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError, OSError) as err:

@@ -14,7 +14,8 @@ this documented order:
    DDPOptimizer split graphs at bucket boundaries);
 7. autocast + GradScaler around each step (``Execution.autocast``).
 
-Baseline mode is simply every switch off (fp32, NCHW, eager, plain optimizer).
+Baseline mode is the reference's execution: fp32, NCHW, eager, plain optimizer,
+cuDNN autotuning on CUDA (the reference's train.py sets it), no warm-up.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class Execution:
     compile: bool
     compile_mode: str
     cudnn_benchmark: bool
+    warm_up: bool = False  # compile/autotune on synthetic batches before init_stop (never in the reference's execution)
 
     @property
     def memory_format(self) -> torch.memory_format:
@@ -78,16 +80,21 @@ def resolve_execution(config: Config, device: torch.device) -> Execution:
     if precision == "auto":  # fp16 + GradScaler on CUDA (fastest measured), fp32 on CPU
         precision = "fp16" if device.type == "cuda" else "fp32"
     dtype = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    # inductor on a 2-core CPU takes minutes and wins little: auto = CUDA only.
+    compile_ = opt.compile == "on" or (opt.compile == "auto" and device.type == "cuda")
+    cudnn_benchmark = opt.cudnn_benchmark and device.type == "cuda"
     return Execution(
         device=device,
         channels_last=opt.channels_last,
         autocast_dtype=dtype,
         grad_scaler=dtype is torch.float16,
         fused_optimizer=opt.fused_optimizer,
-        # inductor on a 2-core CPU takes minutes and wins little: auto = CUDA only.
-        compile=opt.compile == "on" or (opt.compile == "auto" and device.type == "cuda"),
+        compile=compile_,
         compile_mode=opt.compile_mode,
-        cudnn_benchmark=opt.cudnn_benchmark and device.type == "cuda",
+        cudnn_benchmark=cudnn_benchmark,
+        # The reference autotunes inside its first timed steps; a warm-up is an
+        # optimization, so the reference's own execution (all_off) never gets one.
+        warm_up=compile_ or (cudnn_benchmark and not opt.all_off()),
     )
 
 

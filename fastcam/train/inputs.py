@@ -55,12 +55,13 @@ def stage_inputs(config: Config, ctx, logger=None, say=print) -> Path | None:
 
 
 def build_loaders(config: Config, ctx, device: torch.device, seed: int, staged_root: Path | None) -> Loaders:
-    """The reference HDF5 loaders, or the staged ones reading ``staged_root``."""
+    """The reference HDF5 loaders (whose order, like the reference's, ignores
+    ``seed``), or the staged ones reading ``staged_root`` (shuffled by ``seed``)."""
     hp, run = config.hyperparameters, config.run
     if config.optimizations.loader == "hdf5":
         return build_reference_loaders(run.data_dir_prefix, local_batch_size=hp.local_batch_size,
                                        workers=run.max_inter_threads, rank=ctx.rank, world_size=ctx.world_size,
-                                       seed=seed, channels=hp.channels, pin_memory=device.type == "cuda")
+                                       channels=hp.channels, pin_memory=device.type == "cuda")
     from fastcam.data.staged import build_staged_loaders
 
     # max_inter_threads (the loader workers, a mutable setting) sets the reader threads.

@@ -4,8 +4,10 @@ Semantics follow the MLCommons reference trainer:
 - the loss is divided by the gradient accumulation frequency; the optimizer
   and the LR schedule step once every ``accumulation`` micro-batches;
 - ``logging_frequency`` N > 0: every N optimizer steps, log the learning
-  rate, the rank-averaged loss and IoU of that step's batch; 0: once per
-  epoch, the epoch's mean loss and the IoU of its last batch;
+  rate that step used, the rank-averaged loss and IoU of that step's batch;
+  and, in every case, at the end of the epoch the same three values for the
+  epoch's *last* batch (the reference's ``driver/trainer.py``: its end-of-epoch
+  ``train_loss`` is the last batch's, not the epoch mean);
 - evaluation runs the whole validation shard at batch size 1; per-sample IoU
   and loss sums and the sample count are all-reduced, so the accuracy is the
   mean over the *whole* validation set.
@@ -31,10 +33,12 @@ class StepState:
 
 @dataclass
 class EpochResult:
-    loss: float
-    iou: float
+    loss: float  # mean over the epoch's batches, all ranks (for the console and tuning)
+    iou: float  # the last batch's, all ranks
     samples: int  # global samples trained this epoch
     steps: int
+    last_loss: float = float("nan")  # the last batch's loss, all ranks (what the MLPerf log records)
+    last_lr: float = float("nan")  # the LR the last optimizer step used
 
 
 def train_epoch(model, loader, *, criterion, optimizer, scheduler, grad_scaler, execution: Execution,
@@ -45,6 +49,7 @@ def train_epoch(model, loader, *, criterion, optimizer, scheduler, grad_scaler, 
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     micro = 0
     last = None
+    lr = optimizer.param_groups[0]["lr"]
     optimizer.zero_grad(set_to_none=True)
     for inputs, labels, _ in loader:
         inputs, labels = place_batch(inputs, labels, execution)
@@ -67,16 +72,19 @@ def train_epoch(model, loader, *, criterion, optimizer, scheduler, grad_scaler, 
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         state.step += 1
+        lr = optimizer.param_groups[0]["lr"]  # the LR this step used (the reference's get_last_lr() before stepping)
         if scheduler is not None:
             scheduler.step()
         if logging_frequency > 0 and state.step % logging_frequency == 0 and log_step is not None:
             loss_avg, iou_avg = _rank_mean(ctx, loss.detach() * accumulation, _batch_iou(logits, labels))
-            log_step(state.step, optimizer.param_groups[0]["lr"], loss_avg, iou_avg)
+            log_step(state.step, lr, loss_avg, iou_avg)
     if micro == 0:
         return EpochResult(float("nan"), float("nan"), 0, 0)
-    logits, labels, _ = last
-    loss_mean, iou_last = _rank_mean(ctx, loss_sum / micro, _batch_iou(logits, labels))
-    return EpochResult(loss_mean, iou_last, micro * labels.shape[0] * ctx.world_size, micro // accumulation)
+    logits, labels, loss = last
+    loss_mean, iou_last, loss_last = _rank_mean(ctx, loss_sum / micro, _batch_iou(logits, labels),
+                                                loss.detach() * accumulation)
+    return EpochResult(loss_mean, iou_last, micro * labels.shape[0] * ctx.world_size, micro // accumulation,
+                       loss_last, lr)
 
 
 @torch.no_grad()

@@ -1,51 +1,47 @@
-"""Learning-rate schedules: linear warmup, then multistep decay or cosine annealing.
+"""Learning-rate schedules with the MLCommons DeepCAM reference's semantics.
 
-The scheduler steps once per optimizer step (as in the reference). With ``t``
-the number of scheduler steps taken so far, ``W`` the warmup steps, ``f`` the
-warmup factor and ``base`` a group's start LR:
+The scheduler steps once per optimizer step, as in the reference
+(``driver/trainer.py``: ``optimizer.step()`` then ``scheduler.step()``). The
+reference (``utils/optimizer_helpers.py::get_lr_schedule`` with
+``utils/schedulers.py`` of mlcommons/hpc deepcam) builds, for a fresh run, with
+``initial_lr`` set to the start LR in every group:
 
-* warmup, ``0 <= t <= W`` (only when ``W > 0``): ``base * t / W`` if ``f == 1``
-  (from 0 up to the start LR), else ``base * ((f - 1) * t / W + 1)`` (from the
-  start LR up to ``base * f``) -- the formulas of ildoonet's
-  ``GradualWarmupScheduler`` (pip ``warmup-scheduler``) and of the reference's
-  ``utils/schedulers.py``;
-* afterwards the decay schedule with peak ``base * f``, evaluated at
-  ``e = t - W - 1``; without warmup (``W = 0``) the factor has no effect, the
-  peak is ``base`` and ``e = t``, exactly torch's ``MultiStepLR`` /
-  ``CosineAnnealingLR`` as the reference uses them. Multistep gives
-  ``peak * decay_rate ** (number of milestones <= e)``, cosine gives
-  ``eta_min + (peak - eta_min) * (1 + cos(pi * e / t_max)) / 2``.
+* no warmup, multistep: torch's ``MultiStepLR(..., last_epoch=0)``. Starting
+  at 0 instead of -1 means the scheduler has already counted one step before
+  the first optimizer step, so milestone ``m`` takes effect at the ``m``-th
+  optimizer step (index ``m - 1``): the baseline halves its LR at step 1200.
+* no warmup, cosine: torch's ``CosineAnnealingLR`` from ``last_epoch=-1``:
+  optimizer step ``i`` (0-based) uses ``eta_min + (base - eta_min)(1 + cos(pi i / t_max)) / 2``.
+* warmup (``W > 0`` steps, factor ``f``), either type, from ``last_epoch=0``:
+  with ``t`` the scheduler's count (optimizer step ``i`` uses ``t = i + 1``),
+  ``t < W`` is linear warmup, ``base * t / W`` if ``f == 1`` else
+  ``base * ((f - 1) t / W + 1)``; from ``t = W`` on the LR is *chained* (each
+  step scales the previous step's LR), so it first repeats the LR of
+  ``t = W - 1``: the plateau is ``base * (1 + (f - 1)(W - 1)/W)`` (with
+  ``f == 1``: ``base * (W - 1)/W``), never ``base * f``. Multistep then
+  multiplies by ``decay_rate`` at ``t = m + W + 1`` for each milestone ``m``;
+  cosine applies torch's chainable cosine step with ``e = t - W``, and past
+  ``t_max`` climbs back by ``(base - eta_min)(1 - cos(pi / t_max)) / 2`` per
+  restart step -- towards ``base`` (the start LR), not the plateau.
 
-Every LR is a closed form of ``t``, so a scheduler restored with
-``load_state_dict`` continues bit-for-bit like an uninterrupted one.
-
-Where this deliberately differs from the reference (mlcommons/hpc deepcam
-``utils/schedulers.py``, ``MultiStepLRWarmup`` / ``CosineAnnealingLRWarmup``):
-
-* the reference switches to its (chainable) decay phase at ``t = W``, which
-  repeats the LR of ``t = W - 1``, so the peak LR ``base * f`` is never reached
-  (with ``f = 1`` it plateaus at ``base * (W - 1) / W``); here the peak is
-  reached at ``t = W``, as in ``GradualWarmupScheduler`` and the benchmark text;
-* an earlier reference version read an undefined ``self.multiplier`` when
-  ``f != 1`` (a crash); here ``f`` is used;
-* the reference's multistep fires milestone ``m`` at ``t = m + W + 1`` (as
-  here) but its cosine uses ``e = t - W``; here both use ``e = t - W - 1``, the
-  convention of ``GradualWarmupScheduler``'s after-scheduler, so cosine runs one
-  step later than the reference's;
-* ``GradualWarmupScheduler`` (f > 1) uses the start LR instead of the peak for
-  the first step after warmup (a known bug); here the schedule is continuous.
+fastcam reproduces these LRs bit for bit (same float operations in the same
+order; tests/test_schedule.py pins them), because NVIDIA's results and the
+reference convergence points were produced with them and a logged
+``scheduler_lr_warmup_*`` value must mean what it meant there. The chained
+LRs live in the optimizer's groups and the scheduler's ``last_epoch``, both
+saved in a checkpoint, so a restored scheduler continues bit for bit.
 """
 
 from __future__ import annotations
 
-import bisect
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LRScheduler
+from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler, MultiStepLR
 
 from fastcam.errors import ConfigError
 
@@ -57,69 +53,65 @@ _KEYS = {
 }
 
 
-class LinearWarmupLR(LRScheduler):
-    """Linear warmup followed by a decay schedule given by :meth:`_decayed_lr`."""
+class _ReferenceWarmup(LRScheduler):
+    """Linear warmup for ``t < W``, then a chained decay (:meth:`_decay`)."""
 
-    def __init__(
-        self, optimizer: Optimizer, warmup_steps: int = 0, warmup_factor: float = 1.0,
-        last_epoch: int = -1,
-    ) -> None:
-        self.warmup_steps = _check_warmup_steps(warmup_steps)
-        self.warmup_factor = _check_warmup_factor(warmup_factor)
+    def __init__(self, optimizer: Optimizer, warmup_steps: int, warmup_factor: float, last_epoch: int) -> None:
+        self.warmup_steps = _check_int("warmup_steps", warmup_steps, minimum=1)
+        self.warmup_factor = _check_number("warmup_factor", warmup_factor, minimum=1.0)
+        # The reference multiplies by a precomputed slope (1/W), not divides by W:
+        # the two round differently, and bitwise identity needs its order.
+        self.warmup_slope = 1.0 / float(self.warmup_steps)
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self) -> list[float]:  # type: ignore[override]
-        return self._get_closed_form_lr()
+        t = self.last_epoch
+        if t >= self.warmup_steps:
+            return self._decay(t)
+        if self.warmup_factor == 1.0:
+            return [base * (float(t) * self.warmup_slope) for base in self.base_lrs]
+        return [base * ((self.warmup_factor - 1.0) * float(t) * self.warmup_slope + 1.0) for base in self.base_lrs]
 
-    def _get_closed_form_lr(self) -> list[float]:
-        return [self.lr_at(self.last_epoch, base_lr) for base_lr in self.base_lrs]
+    def _current(self) -> list[float]:
+        return [group["lr"] for group in self.optimizer.param_groups]
 
-    def lr_at(self, step: int, base_lr: float) -> float:
-        """The LR after ``step`` scheduler steps for a group whose start LR is ``base_lr``."""
-        warmup, factor = self.warmup_steps, self.warmup_factor
-        if warmup > 0 and step <= warmup:
-            if factor == 1.0:
-                return base_lr * (float(step) / warmup)
-            return base_lr * ((factor - 1.0) * step / warmup + 1.0)
-        if warmup == 0:
-            # No warmup: the factor has no effect (the reference then builds a plain
-            # torch MultiStepLR / CosineAnnealingLR from the start LR).
-            return self._decayed_lr(base_lr, step)
-        return self._decayed_lr(base_lr * factor, step - warmup - 1)
-
-    def _decayed_lr(self, peak_lr: float, steps_after: int) -> float:
+    def _decay(self, t: int) -> list[float]:
         raise NotImplementedError
 
 
-class WarmupMultiStepLR(LinearWarmupLR):
-    """Warmup, then ``peak * gamma ** (number of milestones <= steps after warmup)``."""
+class ReferenceWarmupMultiStepLR(_ReferenceWarmup):
+    """Warmup, then ``decay_rate`` applied at ``t = m + W + 1`` for each milestone ``m``."""
 
-    def __init__(
-        self, optimizer: Optimizer, milestones: Sequence[int], gamma: float,
-        warmup_steps: int = 0, warmup_factor: float = 1.0, last_epoch: int = -1,
-    ) -> None:
-        self.milestones = sorted(int(m) for m in milestones)
+    def __init__(self, optimizer: Optimizer, milestones: Sequence[int], gamma: float, warmup_steps: int,
+                 warmup_factor: float = 1.0, last_epoch: int = 0) -> None:
+        self.milestones = Counter(int(m) + int(warmup_steps) + 1 for m in milestones)
         self.gamma = float(gamma)
         super().__init__(optimizer, warmup_steps, warmup_factor, last_epoch)
 
-    def _decayed_lr(self, peak_lr: float, steps_after: int) -> float:
-        return peak_lr * self.gamma ** bisect.bisect_right(self.milestones, steps_after)
+    def _decay(self, t: int) -> list[float]:
+        if t not in self.milestones:
+            return self._current()
+        return [lr * self.gamma ** self.milestones[t] for lr in self._current()]
 
 
-class WarmupCosineAnnealingLR(LinearWarmupLR):
-    """Warmup, then cosine annealing from the peak to ``eta_min`` over ``t_max`` steps."""
+class ReferenceWarmupCosineLR(_ReferenceWarmup):
+    """Warmup, then torch's chainable cosine step on ``e = t - W``."""
 
-    def __init__(
-        self, optimizer: Optimizer, t_max: int, eta_min: float = 0.0,
-        warmup_steps: int = 0, warmup_factor: float = 1.0, last_epoch: int = -1,
-    ) -> None:
+    def __init__(self, optimizer: Optimizer, t_max: int, eta_min: float, warmup_steps: int,
+                 warmup_factor: float = 1.0, last_epoch: int = 0) -> None:
         self.t_max = int(t_max)
         self.eta_min = float(eta_min)
         super().__init__(optimizer, warmup_steps, warmup_factor, last_epoch)
 
-    def _decayed_lr(self, peak_lr: float, steps_after: int) -> float:
-        cosine = (1.0 + math.cos(math.pi * steps_after / self.t_max)) / 2.0
-        return self.eta_min + (peak_lr - self.eta_min) * cosine
+    def _decay(self, t: int) -> list[float]:
+        e, t_max, eta_min = t - self.warmup_steps, self.t_max, self.eta_min
+        if e == 0:
+            return self._current()
+        if (e - 1 - t_max) % (2 * t_max) == 0:  # restart: climb back towards the start LR
+            rise = (1 - math.cos(math.pi / t_max)) / 2
+            return [lr + (base - eta_min) * rise for lr, base in zip(self._current(), self.base_lrs)]
+        ratio = (1 + math.cos(math.pi * e / t_max)) / (1 + math.cos(math.pi * (e - 1) / t_max))
+        return [ratio * (lr - eta_min) + eta_min for lr in self._current()]
 
 
 def canonical_schedule_type(schedule: Mapping[str, Any]) -> str:
@@ -151,28 +143,29 @@ def build_scheduler(
     warmup_steps: int = 0,
     warmup_factor: float = 1.0,
 ) -> LRScheduler:
-    """Return the scheduler for ``schedule`` (reference key names) with linear warmup.
+    """The reference's scheduler for ``schedule`` (reference key names) with its warmup.
 
     ``schedule`` is ``{"type": "multistep", "milestones": [1200], "decay_rate": 0.5}``
-    or ``{"type": "cosine_annealing", "t_max": 9000, "eta_min": 0.0}``; milestones
-    and ``t_max`` count optimizer steps after warmup. Raises ConfigError for bad values.
+    or ``{"type": "cosine_annealing", "t_max": 9000, "eta_min": 0.0}``. Sets
+    every group's ``initial_lr`` to its current LR first, as the reference does.
+    Raises ConfigError for bad values.
     """
     kind = canonical_schedule_type(schedule)
+    warmup_steps = _check_warmup_steps(warmup_steps)
+    warmup_factor = _check_warmup_factor(warmup_factor)
+    for group in optimizer.param_groups:
+        group["initial_lr"] = group["lr"]
     if kind == "multistep":
-        return WarmupMultiStepLR(
-            optimizer,
-            milestones=_check_milestones(schedule["milestones"]),
-            gamma=_check_number("decay_rate", schedule["decay_rate"], minimum=0.0, strict=True),
-            warmup_steps=warmup_steps,
-            warmup_factor=warmup_factor,
-        )
-    return WarmupCosineAnnealingLR(
-        optimizer,
-        t_max=_check_int("t_max", schedule["t_max"], minimum=1),
-        eta_min=_check_number("eta_min", schedule.get("eta_min", 0.0), minimum=0.0),
-        warmup_steps=warmup_steps,
-        warmup_factor=warmup_factor,
-    )
+        milestones = _check_milestones(schedule["milestones"])
+        gamma = _check_number("decay_rate", schedule["decay_rate"], minimum=0.0, strict=True)
+        if warmup_steps == 0:
+            return MultiStepLR(optimizer, milestones=milestones, gamma=gamma, last_epoch=0)
+        return ReferenceWarmupMultiStepLR(optimizer, milestones, gamma, warmup_steps, warmup_factor)
+    t_max = _check_int("t_max", schedule["t_max"], minimum=1)
+    eta_min = _check_number("eta_min", schedule.get("eta_min", 0.0), minimum=0.0)
+    if warmup_steps == 0:
+        return CosineAnnealingLR(optimizer, T_max=t_max, eta_min=eta_min)
+    return ReferenceWarmupCosineLR(optimizer, t_max, eta_min, warmup_steps, warmup_factor)
 
 
 def preview_learning_rates(
