@@ -200,8 +200,6 @@ class TritonLamb(Lamb):
         for group_index, p in entries:
             if p.grad.is_sparse:
                 raise RuntimeError("LAMB does not support sparse gradients")
-            if p.numel() == 0:
-                continue
             state = self.state[p]
             for key in ("exp_avg", "exp_avg_sq"):
                 moment = state.get(key)
@@ -209,6 +207,8 @@ class TritonLamb(Lamb):
                     state[key] = torch.zeros_like(p, dtype=torch.float32)
                 elif moment.dtype != torch.float32 or moment.stride() != p.stride():
                     state[key] = torch.empty_like(p, dtype=torch.float32).copy_(moment)
+            if p.numel() == 0:
+                continue  # state as Lamb keeps it, but nothing to launch
             grad = p.grad
             if grad.stride() != p.stride():
                 # The kernels walk p, grad and moments with one flat index.

@@ -62,6 +62,20 @@ def _tensor_of_chunk(blk_tensor, blk_start, numels, tensor_group):
 
 
 @triton.jit
+def _add(a, b):
+    return a + b
+
+
+@triton.jit
+def _total(x):
+    # tl.sum and tl.zeros are @jit functions of triton's standard library,
+    # decorated when triton is imported: compiled-only if triton came in before
+    # TRITON_INTERPRET=1 was set. Builtins (tl.full, tl.reduce) and our own
+    # combine function run in both modes, whatever the import order.
+    return tl.reduce(x, 0, _add)
+
+
+@triton.jit
 def _live_length(scalars, n):
     # Elements to touch: all n, or none when the step overflowed.
     return tl.where(tl.load(scalars + SCALAR_KEEP) != 0, n, 0)
@@ -80,12 +94,12 @@ def grad_sq_kernel(g_ptrs, numels, tensor_group, blk_tensor, blk_start, partials
                    G_DTYPE: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr):
     t, start, n, _ = _tensor_of_chunk(blk_tensor, blk_start, numels, tensor_group)
     g_ptr = tl.load(g_ptrs + t).to(tl.pointer_type(G_DTYPE))
-    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    acc = tl.full([BLOCK], 0.0, tl.float32)
     for i in range(0, CHUNK, BLOCK):
         offs = start + i + tl.arange(0, BLOCK)
         g = tl.load(g_ptr + offs, mask=offs < n, other=0.0).to(tl.float32)
         acc += g * g
-    tl.store(partials + tl.program_id(0), tl.sum(acc, axis=0))
+    tl.store(partials + tl.program_id(0), _total(acc))
 
 
 @triton.jit
@@ -93,11 +107,11 @@ def scalars_kernel(grad_partials, n_partials, scale_ptr, found_inf_ptr, steps, b
                    corrected, scalars, n_groups, max_grad_norm,
                    HAS_SCALE: tl.constexpr, HAS_FOUND_INF: tl.constexpr,
                    BLOCK: tl.constexpr, GROUP_BLOCK: tl.constexpr):
-    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    acc = tl.full([BLOCK], 0.0, tl.float32)
     for start in range(0, n_partials, BLOCK):
         offs = start + tl.arange(0, BLOCK)
         acc += tl.load(grad_partials + offs, mask=offs < n_partials, other=0.0)
-    scaled_norm = tl.sqrt_rn(tl.sum(acc, axis=0))
+    scaled_norm = tl.sqrt_rn(_total(acc))
     if HAS_SCALE:
         scale = tl.load(scale_ptr).to(tl.float32)
         norm = tl.div_rn(scaled_norm, scale)
@@ -150,8 +164,8 @@ def moments_kernel(p_ptrs, g_ptrs, m_ptrs, v_ptrs, numels, tensor_group, blk_ten
         hyper, scalars, grp, n_groups)
     divisor = tl.load(scalars + SCALAR_DIVISOR)
     limit = _live_length(scalars, n)
-    acc_p = tl.zeros([BLOCK], dtype=tl.float32)
-    acc_u = tl.zeros([BLOCK], dtype=tl.float32)
+    acc_p = tl.full([BLOCK], 0.0, tl.float32)
+    acc_u = tl.full([BLOCK], 0.0, tl.float32)
     for i in range(0, CHUNK, BLOCK):
         offs = start + i + tl.arange(0, BLOCK)
         live = offs < limit
@@ -167,8 +181,8 @@ def moments_kernel(p_ptrs, g_ptrs, m_ptrs, v_ptrs, numels, tensor_group, blk_ten
         u = _adam_direction(m, v, p, c1, c2, eps, decay)
         acc_p += p * p
         acc_u += tl.where(live, u * u, 0.0)
-    tl.store(p_partials + tl.program_id(0), tl.sum(acc_p, axis=0))
-    tl.store(u_partials + tl.program_id(0), tl.sum(acc_u, axis=0))
+    tl.store(p_partials + tl.program_id(0), _total(acc_p))
+    tl.store(u_partials + tl.program_id(0), _total(acc_u))
 
 
 @triton.jit
@@ -177,22 +191,23 @@ def trust_ratio_kernel(first_chunk, tensor_group, hyper, lr, p_partials, u_parti
     t = tl.program_id(0)
     lo = tl.load(first_chunk + t)
     hi = tl.load(first_chunk + t + 1)
-    acc_p = tl.zeros([BLOCK], dtype=tl.float32)
-    acc_u = tl.zeros([BLOCK], dtype=tl.float32)
+    acc_p = tl.full([BLOCK], 0.0, tl.float32)
+    acc_u = tl.full([BLOCK], 0.0, tl.float32)
     for b in range(lo, hi, BLOCK):
         offs = b + tl.arange(0, BLOCK)
         inside = offs < hi
         acc_p += tl.load(p_partials + offs, mask=inside, other=0.0)
         acc_u += tl.load(u_partials + offs, mask=inside, other=0.0)
-    p_norm = tl.sqrt_rn(tl.sum(acc_p, axis=0))
-    u_norm = tl.sqrt_rn(tl.sum(acc_u, axis=0))
+    p_norm = tl.sqrt_rn(_total(acc_p))
+    u_norm = tl.sqrt_rn(_total(acc_u))
     grp = tl.load(tensor_group + t)
     decay = tl.load(hyper + grp * HYPER_WIDTH + HYPER_DECAY)
     # apex use_nvlamb=False: ratio 1 for groups without weight decay; lamb.py:
     # ratio 1 when either norm is 0.
     trusted = (decay != 0) & (p_norm != 0) & (u_norm != 0)
     rate = tl.load(lr + grp)
-    tl.store(step_sizes + t, tl.where(trusted, tl.div_rn(p_norm, u_norm) * rate, rate))
+    ratio = tl.div_rn(p_norm, tl.where(trusted, u_norm, 1.0))  # no 0/0 in unused lanes
+    tl.store(step_sizes + t, tl.where(trusted, ratio * rate, rate))
 
 
 @triton.jit

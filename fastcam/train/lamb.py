@@ -149,13 +149,9 @@ class Lamb(Optimizer):
         self.foreach = bool(foreach)
 
     def take_amp_state(self) -> tuple[Tensor | None, Tensor | None]:
-        """``(grad_scale, found_inf)`` as GradScaler.step left them, or None each.
-
-        GradScaler deletes ``grad_scale`` after the step but leaves
-        ``found_inf``; it is consumed here so that a stale one cannot skip a
-        later step taken without a scaler.
-        """
-        return getattr(self, "grad_scale", None), self.__dict__.pop("found_inf", None)
+        """``(grad_scale, found_inf)`` as GradScaler.step set them for this
+        step (it deletes both after the step), or None each without a scaler."""
+        return getattr(self, "grad_scale", None), getattr(self, "found_inf", None)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch's loader casts every floating state tensor to its parameter's
