@@ -96,6 +96,10 @@ class TritonLamb(Lamb):
         self._hyper_key: tuple | None = None
         self._lr_values: list[float | None] = []
 
+    @property
+    def implementation(self) -> str:
+        return "LAMB (triton fused)"
+
     @torch.no_grad()
     def step(  # type: ignore[override]
         self, closure: Callable[[], float] | None = None

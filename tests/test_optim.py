@@ -296,3 +296,79 @@ def test_factory_rejects_negative_weight_decay() -> None:
     with pytest.raises(ConfigError, match="weight_decay"):
         build_optimizer(make_params(), "AdamW", lr=1e-3, weight_decay=-0.1)
 
+
+
+# ---------------------------------------------------------------- implementation names
+
+
+@pytest.mark.parametrize("name, fused, foreach_default, expected", [
+    ("LAMB", False, None, "LAMB (torch foreach)"),
+    # No CUDA here: fused LAMB falls back to torch foreach, and says so.
+    ("LAMB", True, None, "LAMB (torch foreach)"),
+    ("AdamW", True, None, "AdamW (torch fused)"),
+    ("Adam", True, None, "Adam (torch fused)"),
+    # torch's own default on CPU tensors is its for-loop implementation.
+    ("AdamW", False, None, "AdamW (torch for-loop)"),
+])
+def test_optimizer_implementation_names_what_runs(name, fused, foreach_default, expected) -> None:
+    from fastcam.train.optim import optimizer_implementation
+
+    opt = build_optimizer(make_params(), name, lr=1e-3, fused=fused)
+    assert optimizer_implementation(opt) == expected
+
+
+def test_optimizer_implementation_explicit_choices() -> None:
+    from fastcam.train.optim import optimizer_implementation
+
+    assert optimizer_implementation(Lamb(make_params(), foreach=False)) == "LAMB (torch for-loop)"
+    adam = torch.optim.AdamW(make_params(), foreach=True)
+    assert optimizer_implementation(adam) == "AdamW (torch foreach)"
+    assert optimizer_implementation(torch.optim.SGD(make_params(), lr=0.1)) == "SGD"
+
+
+def test_factory_lamb_accepts_a_tensor_lr_and_keeps_it() -> None:
+    lr = torch.tensor(2e-3)
+    params = make_params()
+    opt = build_optimizer(params, "LAMB", lr=lr)
+    assert opt.param_groups[0]["lr"] is lr
+    with pytest.raises(ConfigError, match="0-dim"):
+        build_optimizer(make_params(), "LAMB", lr=torch.ones(2))
+    with pytest.raises(ConfigError, match="learning rate"):
+        build_optimizer(make_params(), "LAMB", lr=torch.tensor(-1.0))
+
+
+def test_int_step_of_an_older_checkpoint_resumes() -> None:
+    params, opt = run_lamb(True, 3)
+    buffer = io.BytesIO()
+    torch.save(opt.state_dict(), buffer)  # a copy, as a checkpoint file is
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)
+    for group in state["param_groups"]:
+        group["step"] = int(group["step"])  # as checkpoints before device step counters
+    resumed = Lamb(groups_of([torch.nn.Parameter(p.detach().clone()) for p in params]), lr=1e-3)
+    resumed.load_state_dict(state)
+    resumed_params = [p for g in resumed.param_groups for p in g["params"]]
+    for p, q, g in zip(params, resumed_params, random_grads(3, 1.0)):
+        p.grad, q.grad = g.clone(), g.clone()
+    opt.step()
+    resumed.step()
+    assert [float(g["step"]) for g in resumed.param_groups] == [4.0, 4.0]
+    for p, q in zip(params, resumed_params):
+        assert torch.equal(p, q)
+
+
+def test_low_precision_moments_stay_float32_through_a_checkpoint() -> None:
+    # torch's loader casts state to the parameter's dtype; Lamb restores float32.
+    params = [torch.nn.Parameter(p.detach().half()) for p in make_params()]
+    opt = Lamb(groups_of(params), lr=1e-2)
+    for p, g in zip(params, random_grads(0, 3.0)):
+        p.grad = g.half()
+    opt.step()
+    buffer = io.BytesIO()
+    torch.save(opt.state_dict(), buffer)
+    buffer.seek(0)
+    resumed = Lamb(groups_of([torch.nn.Parameter(p.detach().clone()) for p in params]), lr=1e-2)
+    resumed.load_state_dict(torch.load(buffer, weights_only=True))
+    for p, q in zip(params, [p for g in resumed.param_groups for p in g["params"]]):
+        assert resumed.state[q]["exp_avg_sq"].dtype == torch.float32
+        assert torch.equal(resumed.state[q]["exp_avg_sq"], opt.state[p]["exp_avg_sq"])

@@ -23,8 +23,6 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from fastcam.errors import ConfigError
 from fastcam.train.lamb import Lamb
 
-pytest.importorskip("triton")
-
 CHUNK, BLOCK = 16, 8
 # Odd sizes: 37 (3 chunks, last partial), 65 (5 chunks), 1, 81 (4-D, channels-last).
 DECAYED = [(37,), (5, 13), (1,), (3, 3, 3, 3)]
@@ -45,6 +43,7 @@ def _reload_kernels():
 
 @pytest.fixture(scope="module")
 def kernels():
+    pytest.importorskip("triton")  # the torch-Lamb tests below run without it
     patch = pytest.MonkeyPatch()
     patch.setenv("TRITON_INTERPRET", "1")
     yield _reload_kernels()
@@ -310,6 +309,13 @@ def test_state_dict_moves_between_triton_and_torch_lamb(kernels) -> None:
         ref.step()
     assert_same_state(resumed, ref, params, ref_params)
     assert float(resumed.param_groups[1]["step"]) == 4
+
+
+def test_names_its_implementation(kernels) -> None:
+    from fastcam.train.optim import optimizer_implementation
+
+    opt = kernels.TritonLamb(make_params(), chunk_size=CHUNK, block_size=BLOCK)
+    assert optimizer_implementation(opt) == "LAMB (triton fused)"
 
 
 def test_rejects_what_the_kernels_cannot_run(kernels, monkeypatch) -> None:

@@ -148,6 +148,11 @@ class Lamb(Optimizer):
         super().__init__(params, defaults)
         self.foreach = bool(foreach)
 
+    @property
+    def implementation(self) -> str:
+        """What runs the step, for logs and bench (see optim.optimizer_implementation)."""
+        return "LAMB (torch foreach)" if self.foreach else "LAMB (torch for-loop)"
+
     def take_amp_state(self) -> tuple[Tensor | None, Tensor | None]:
         """``(grad_scale, found_inf)`` as GradScaler.step set them for this
         step (it deletes both after the step), or None each without a scaler."""
