@@ -301,16 +301,16 @@ def test_factory_rejects_negative_weight_decay() -> None:
 # ---------------------------------------------------------------- implementation names
 
 
-@pytest.mark.parametrize("name, fused, foreach_default, expected", [
-    ("LAMB", False, None, "LAMB (torch foreach)"),
-    # No CUDA here: fused LAMB falls back to torch foreach, and says so.
-    ("LAMB", True, None, "LAMB (torch foreach)"),
-    ("AdamW", True, None, "AdamW (torch fused)"),
-    ("Adam", True, None, "Adam (torch fused)"),
+@pytest.mark.parametrize("name, fused, expected", [
+    ("LAMB", False, "LAMB (torch foreach)"),
+    # CPU parameters: fused LAMB falls back to torch foreach, and says so.
+    ("LAMB", True, "LAMB (torch foreach)"),
+    ("AdamW", True, "AdamW (torch fused)"),
+    ("Adam", True, "Adam (torch fused)"),
     # torch's own default on CPU tensors is its for-loop implementation.
-    ("AdamW", False, None, "AdamW (torch for-loop)"),
+    ("AdamW", False, "AdamW (torch for-loop)"),
 ])
-def test_optimizer_implementation_names_what_runs(name, fused, foreach_default, expected) -> None:
+def test_optimizer_implementation_names_what_runs(name, fused, expected) -> None:
     from fastcam.train.optim import optimizer_implementation
 
     opt = build_optimizer(make_params(), name, lr=1e-3, fused=fused)
