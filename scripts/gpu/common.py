@@ -1,12 +1,12 @@
 """The GPU check's one adapter to fastcam's training internals.
 
 Every part that builds a run, steps it, evaluates it or stages its data goes
-through this module, so that a change of the training spine (issue 12: a
-``fastcam.train.Trainer`` with ``train_step``) is adapted here only. It uses
-the trainer's own pieces -- ``fastcam.config.recipe``,
-``fastcam.train.setup.build_components``/``warm_up``, ``fastcam.train.loop``,
-``fastcam.train.inputs`` -- and never ``fastcam.train.trainer``, which imports
-mlperf_logging (not installed on the GPU machine).
+through this module, so that a change of the training spine is adapted here
+only. It uses the trainer's own pieces -- ``fastcam.config.recipe``, the run
+plan (``fastcam.train.plan.resolve_plan``), ``fastcam.train.Trainer``
+(train_step/train_epoch, evaluate, warm_up, synthetic_batch) and
+``fastcam.train.inputs`` -- and never the MLPerf-logging run driver, as the GPU
+machine has no mlperf_logging.
 """
 
 from __future__ import annotations
@@ -19,11 +19,13 @@ from typing import Iterable
 
 import torch
 
+import tree  # noqa: F401  (first: resolves fastcam's mapped packages from the working tree)
 from fastcam.config import Config, recipe
 from fastcam.distributed import init_distributed
-from fastcam.train import inputs, setup
-from fastcam.train.loop import StepState, evaluate, train_epoch
+from fastcam.train import inputs
 from fastcam.train.optim import build_optimizer
+from fastcam.train.plan import RunPlan, resolve_plan
+from fastcam.train.trainer import Trainer
 
 from report import Settings
 
@@ -32,21 +34,24 @@ CHANNELS = 16
 
 @dataclass
 class Run:
-    """A built run: the trainer's components plus what the parts need beside them."""
+    """A built run: its plan, its Trainer, and how it was compiled."""
 
     mode: str
-    config: Config
+    plan: RunPlan
     ctx: object
-    parts: setup.Components
-    input_dtype: torch.dtype  # what the run's loader delivers (float16 for the staged cache)
+    trainer: Trainer
     compile_backend: str | None  # None: eager
 
     @property
     def device(self) -> torch.device:
-        return self.parts.execution.device
+        return self.plan.device
+
+    @property
+    def config(self) -> Config:
+        return self.plan.config
 
     def switches(self) -> dict:
-        switches = self.parts.execution.switches()
+        switches = self.plan.execution.switches()
         if self.compile_backend not in (None, "inductor"):
             switches["compile"] = f"backend {self.compile_backend}"
         return switches
@@ -58,68 +63,61 @@ def device(settings: Settings) -> torch.device:
     return torch.device(settings.device)
 
 
-def config(mode: str, settings: Settings, *, compile: str = "off", data: Path | None = None) -> Config:
-    """The published recipe of ``mode`` at the check's batch size; ``compile`` as the
-    optimized recipe's switch (auto: on for CUDA). ``data`` points the run at a data set,
-    with its staged cache under the work directory (shared by the loader and epoch parts)."""
-    cfg = recipe(mode)
-    cfg.run.device = settings.device
-    cfg.run.seed = 1
-    cfg.run.max_inter_threads = settings.size.workers
-    cfg.hyperparameters.local_batch_size = settings.size.batch
+def config(mode: str, settings: Settings, *, compile: str = "off") -> Config:
+    """The published recipe of ``mode`` at the check's batch size, its stage cache
+    and outputs under the work directory (shared by the loader and epoch parts);
+    ``compile`` is the optimized recipe's switch (auto: on for CUDA)."""
+    changes = {"run": {"device": settings.device, "seed": 1, "max_inter_threads": settings.size.workers,
+                       "stage_dir": str(settings.work / "staged"), "output_dir": str(settings.work / "runs")},
+               "hyperparameters": {"local_batch_size": settings.size.batch}}
     if mode == "optimized":
-        cfg.optimizations.compile = compile
-    if data is not None:
-        cfg.run.data_dir_prefix = str(data)
-        cfg.run.stage_dir = str(settings.work / "staged")
-        cfg.run.output_dir = str(settings.work / "runs")
-    return cfg.validate()
+        changes["optimizations"] = {"compile": compile}
+    return recipe(mode).replace(**changes)
 
 
-def build(mode: str, settings: Settings, *, compile_backend: str | None = None, data: Path | None = None,
+def _plan(cfg: Config, settings: Settings, data: Path):
+    dev = device(settings)
+    ctx = init_distributed("single", dev.type)
+    return resolve_plan(cfg, ctx, dev, data), ctx
+
+
+def build(mode: str, settings: Settings, data: Path, *, compile_backend: str | None = None,
           compile: str | None = None) -> Run:
-    """Build ``mode``'s components the way the trainer does. ``compile_backend``
-    "inductor" compiles through the trainer's own switch; another backend
-    (aot_eager: the CPU smoke mode, where inductor on 2 cores takes minutes)
-    wraps the built network in ``torch.compile(backend=...)`` instead.
+    """Plan and build ``mode`` on ``data`` the way ``fastcam train`` does.
+    ``compile_backend`` "inductor" compiles through the recipe's own switch;
+    another backend (aot_eager: the CPU smoke mode, where inductor on 2 cores
+    takes minutes) wraps the built network in ``torch.compile(backend=...)``.
     ``compile`` sets the recipe's switch directly (auto/on/off) when given."""
     torch.manual_seed(1)
-    dev = device(settings)
     switch = compile or ("on" if compile_backend == "inductor" else "off")
-    cfg = config(mode, settings, compile=switch, data=data)
-    ctx = init_distributed("single", dev.type)
-    parts = setup.build_components(cfg, ctx, dev)
+    plan, ctx = _plan(config(mode, settings, compile=switch), settings, data)
+    trainer = Trainer(plan, ctx)
     if compile_backend not in (None, "inductor"):
-        parts.net = torch.compile(parts.net, backend=compile_backend)
-    backend = "inductor" if parts.execution.compile else compile_backend
-    return Run(mode, cfg, ctx, parts, inputs.input_dtype(cfg), backend)
+        trainer.net = torch.compile(trainer.net, backend=compile_backend)
+    backend = "inductor" if plan.execution.compile else compile_backend
+    return Run(mode, plan, ctx, trainer, backend)
 
 
-def synthetic_batch(run: Run, settings: Settings, batch: int | None = None):
-    """A random batch as the run's loader delivers it (dtype, channels-last)."""
-    s = settings.size
-    x, y, names = setup.synthetic_batch(batch or s.batch, CHANNELS, s.height, s.width, run.device, run.input_dtype)
-    if run.parts.execution.channels_last:
+def synthetic_batch(run: Run):
+    """A random batch of the plan's shape and dtype, channels-last where the run is
+    (as the staged loader delivers it), so the timed step does not convert it."""
+    x, y, names = run.trainer.synthetic_batch(run.plan.hyperparameters.local_batch_size)
+    if run.plan.execution.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x, y, names
 
 
-def warm_up(run: Run, settings: Settings) -> float:
+def warm_up(run: Run) -> float:
     """The trainer's warm-up (compile and autotune on random tensors, state restored); seconds."""
-    s = settings.size
-    return setup.warm_up(run.parts, run.ctx, batch_size=s.batch, channels=CHANNELS, height=s.height,
-                         width=s.width, input_dtype=run.input_dtype)
+    return run.trainer.warm_up()
 
 
 def train(run: Run, batches: Iterable, steps: int | None = None):
-    """Training steps through the trainer's loop over ``batches`` (all of them, or
-    the first ``steps``); returns its EpochResult."""
-    c = run.parts
+    """Training steps through the trainer's epoch loop over ``batches`` (all of
+    them, or the first ``steps``); returns its EpochResult."""
     if steps is not None:
         batches = itertools.islice(iter(batches), steps)
-    return train_epoch(c.net, batches, criterion=c.criterion, optimizer=c.optimizer, scheduler=c.scheduler,
-                       grad_scaler=c.scaler, execution=c.execution, ctx=run.ctx, state=StepState(),
-                       accumulation=1, logging_frequency=0)
+    return run.trainer.train_epoch(batches)
 
 
 def timed_train(run: Run, batches: Iterable, steps: int | None = None) -> tuple[float, int]:
@@ -133,23 +131,31 @@ def timed_train(run: Run, batches: Iterable, steps: int | None = None) -> tuple[
 
 def timed_evaluate(run: Run, loader) -> tuple[float, int, float]:
     """(seconds, samples, mean IoU) of the trainer's evaluation pass over ``loader``."""
-    c = run.parts
     sync(run.device)
     start = time.perf_counter()
-    iou, _loss, samples = evaluate(c.net, loader, criterion=c.criterion, execution=c.execution, ctx=run.ctx)
+    result = run.trainer.evaluate(loader)
     sync(run.device)
-    return time.perf_counter() - start, samples, iou
+    return time.perf_counter() - start, result.samples, result.iou
 
 
-def stage(run: Run) -> Path:
-    """Stage the run's data set as the trainer does (a complete cache is reused); its directory."""
-    root = inputs.stage_inputs(run.config, run.ctx, say=lambda _message: None)
-    return root if root is not None else inputs.stage_root(run.config, run.ctx.rank, run.ctx.world_size)
+def stage(settings: Settings, data: Path) -> tuple[Path, float]:
+    """Stage ``data`` as an optimized run does (a complete cache is reused): (cache directory,
+    seconds). The epoch part's optimized run plans the same cache directory."""
+    plan, ctx = _plan(config("optimized", settings), settings, data)
+    start = time.perf_counter()
+    root = inputs.stage_inputs(plan, ctx, say=lambda _message: None)
+    return root, time.perf_counter() - start
 
 
-def loaders(run: Run, staged: Path | None):
-    """The run's training and validation loaders (reference HDF5 or staged)."""
-    return inputs.build_loaders(run.config, run.ctx, run.device, 1, staged)
+def loaders(run: Run):
+    """The run's training and validation loaders (reference HDF5, or its staged cache)."""
+    return inputs.build_loaders(run.plan, run.ctx, seed=1)
+
+
+def train_loader(loaders, epoch: int):
+    """The training loader reshuffled for ``epoch``, as the trainer does before each epoch."""
+    loaders.set_epoch(epoch)
+    return loaders.train
 
 
 def optimizer(name: str, params, *, fused: bool) -> torch.optim.Optimizer:

@@ -31,7 +31,8 @@ TOP = 15
 def run(report: Report, settings: Settings) -> None:
     backend = os.environ.get("FASTCAM_CHECK_COMPILE_BACKEND") or ("aot_eager" if settings.smoke else "inductor")
     report.set_info(compile_backend=backend)
-    run = eager.measure(report, settings, MODE, compile_backend=backend)
+    data = eager.prepare(report, settings)
+    run = eager.measure(report, settings, data, MODE, compile_backend=backend)
     report.record("dynamo", **_dynamo_counters())
     report.attempt("profile", lambda: profile(report, settings, run))
 
@@ -40,7 +41,7 @@ def profile(report: Report, settings: Settings, run: common.Run) -> None:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    batch = common.synthetic_batch(run, settings)
+    batch = common.synthetic_batch(run)
     cuda = run.device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     report.record("profile", status="running", steps=PROFILED_STEPS)

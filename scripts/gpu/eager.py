@@ -1,6 +1,7 @@
 """GPU check part ``eager``: training steps of the baseline and of the optimized
 execution without compile, at full size (768x1152, local batch 8) on synthetic
-tensors.
+tensors (the run is planned on the check's synthetic data set, which fixes the
+sample shape; the loader and epoch parts reuse that set).
 
 Per mode: ms/step and samples/s over ``steps`` timed steps after ``warmup``
 untimed ones (cuDNN autotuning happens there), peak device memory, and host
@@ -13,6 +14,7 @@ once at its end).
 from __future__ import annotations
 
 import common
+import dataset
 from report import Report, Settings, main, say
 from syncs import SyncCount
 
@@ -20,21 +22,28 @@ MODES = ("baseline", "optimized")
 
 
 def run(report: Report, settings: Settings) -> None:
+    data = prepare(report, settings)
     for mode in MODES:
-        report.attempt(mode, lambda: measure(report, settings, mode, compile_backend=None))
+        report.attempt(mode, lambda: measure(report, settings, data, mode, compile_backend=None))
 
 
-def measure(report: Report, settings: Settings, mode: str, compile_backend: str | None) -> common.Run:
+def prepare(report: Report, settings: Settings):
+    data, synth_s = dataset.ensure(settings)
+    report.set_info(data=str(data), synth_s=synth_s)
+    return data
+
+
+def measure(report: Report, settings: Settings, data, mode: str, compile_backend: str | None) -> common.Run:
     """Shared with the compiled part: build, (warm up,) time, count syncs; returns the warm run."""
     s = settings.size
-    run = common.build(mode, settings, compile_backend=compile_backend)
+    run = common.build(mode, settings, data, compile_backend=compile_backend)
     report.record(mode, execution=run.switches(), optimizer=run.config.hyperparameters.optimizer)
     common.reset_peak(run.device)
     if compile_backend is not None:
         say(f"{mode}: compiling ({compile_backend}) through the trainer's warm-up")
-        report.record(mode, warmup_s=common.warm_up(run, settings))
+        report.record(mode, warmup_s=common.warm_up(run))
         say(f"{mode}: warm-up {report.data['results'][mode]['warmup_s']:.1f} s")
-    batch = common.synthetic_batch(run, settings)
+    batch = common.synthetic_batch(run)
     common.train(run, [batch] * s.warmup)
     seconds, samples = common.timed_train(run, [batch] * s.steps)
     report.record(mode, ms_per_step=1000 * seconds / s.steps, samples_per_s=samples / seconds,

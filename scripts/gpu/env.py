@@ -22,9 +22,6 @@ OPTIONAL = ("triton", "optuna", "mlperf_logging", "pytest", "nvidia.dali", "h5py
 
 
 def run(report: Report, settings: Settings) -> None:
-    if settings.device == "cpu":
-        # No GPU: triton can only run in its interpreter (as the project's kernel tests do).
-        os.environ.setdefault("TRITON_INTERPRET", "1")
     import torch
 
     report.record("host", python=platform.python_version(), machine=platform.machine(), cpus=os.cpu_count(),

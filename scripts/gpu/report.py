@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import tree  # noqa: F401  (first: resolves fastcam's mapped packages from the working tree)
 from fastcam.files import atomic_write_text
 
 DEVICES = ("cuda", "cpu")
@@ -46,11 +47,14 @@ class Size:
     train_samples: int  # synthetic data set for the loader and epoch parts
     validation_samples: int
     workers: int  # loader threads/processes and staging workers
+    epochs: int  # training epochs of the epoch part
 
 
-FULL = Size(768, 1152, 8, warmup=3, steps=10, train_samples=64, validation_samples=32, workers=8)
+FULL = Size(768, 1152, 8, warmup=3, steps=10, train_samples=64, validation_samples=32, workers=8,
+            epochs=2)
 # Small enough that all six parts finish in about two minutes on a 2-core CPU.
-SMOKE = Size(64, 96, 2, warmup=1, steps=2, train_samples=4, validation_samples=2, workers=1)
+SMOKE = Size(64, 96, 2, warmup=1, steps=2, train_samples=4, validation_samples=2, workers=1,
+             epochs=1)
 
 
 @dataclass(frozen=True)
@@ -173,6 +177,10 @@ def main(part: str, body: Callable[[Report, Settings], None]) -> None:
     """Run ``body`` as the part named ``part``: exit 0 when every measurement
     succeeded, 1 when one failed (its error is in the JSON)."""
     settings = Settings.from_env(part)
+    if settings.smoke:
+        # No GPU: triton kernels can only run in triton's interpreter, as the kernel tests run them;
+        # it must be set before triton is first imported.
+        os.environ.setdefault("TRITON_INTERPRET", "1")
     report = Report(settings)
     say(f"{part}: device {settings.device}, {settings.size.height}x{settings.size.width}, "
         f"batch {settings.size.batch}; writing {report.path}")

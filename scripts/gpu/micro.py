@@ -1,0 +1,156 @@
+"""GPU check part ``micro``: microbenchmarks that decide where kernel work pays.
+
+- ``optimizer``: one step over the full network's parameters with random
+  gradients: LAMB (``fastcam.train.lamb``, multi-tensor), fused AdamW, AdamW
+  with torch's default implementation, and a Triton LAMB if ``fastcam.kernels``
+  provides one (an Optimizer subclass in a ``fastcam.kernels`` module whose
+  name contains "lamb"; skipped when there is none).
+- ``loss``: ``fastcam.loss.weighted_cross_entropy`` forward and forward +
+  backward on full-size logits, and the evaluation's per-sample IoU.
+- ``depthwise_conv`` and ``bn_relu``: forward and forward + backward at the
+  network's shapes (entry flow at stride 4, middle flow at stride 16, exit
+  flow at stride 16 with dilation 2), channels-last, under the optimized
+  run's autocast; GB/s counts input + output bytes of the forward.
+
+Times are per call, from ``iters`` calls after ``warmup`` untimed ones, the
+device synchronised around them. In the CPU smoke mode the optimizers step
+only the first ``SMOKE_TENSORS`` parameter tensors (a Triton LAMB runs in
+triton's interpreter there).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import pkgutil
+import time
+from typing import Callable
+
+import torch
+
+import common
+from report import Report, Settings, main, say
+
+SMOKE_TENSORS = 4
+# (name, channels, stride relative to the input, dilation)
+SHAPES = (("entry", 128, 4, 1), ("middle", 728, 16, 1), ("exit", 1536, 16, 2))
+
+
+def run(report: Report, settings: Settings) -> None:
+    dev = common.device(settings)
+    warmup, iters = (1, 2) if settings.smoke else (3, 20)
+    report.attempt("optimizer", lambda: optimizers(report, settings, dev, warmup, iters))
+    report.attempt("loss", lambda: loss(report, settings, dev, warmup, iters))
+    report.attempt("depthwise_conv", lambda: layers(report, settings, dev, warmup, iters, "depthwise_conv"))
+    report.attempt("bn_relu", lambda: layers(report, settings, dev, warmup, iters, "bn_relu"))
+
+
+def timed(fn: Callable[[], object], dev: torch.device, warmup: int, iters: int) -> float:
+    """Milliseconds per call."""
+    for _ in range(warmup):
+        fn()
+    common.sync(dev)
+    start = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    common.sync(dev)
+    return 1000 * (time.perf_counter() - start) / iters
+
+
+def optimizers(report: Report, settings: Settings, dev: torch.device, warmup: int, iters: int) -> None:
+    params = list(common.model(dev, channels_last=True).parameters())
+    if settings.smoke:
+        params = params[:SMOKE_TENSORS]
+    torch.manual_seed(0)
+    for p in params:
+        p.grad = torch.randn_like(p) * 1e-3  # same strides as the parameter, as autograd makes them
+    report.record("optimizer", tensors=len(params), parameters=sum(p.numel() for p in params))
+    variants: list[tuple[str, Callable[[], torch.optim.Optimizer]]] = [
+        ("lamb", lambda: common.optimizer("LAMB", params, fused=False)),
+        ("adamw_fused", lambda: common.optimizer("AdamW", params, fused=True)),
+        ("adamw_default", lambda: common.optimizer("AdamW", params, fused=False)),
+    ]
+    triton_lamb = _triton_lamb()
+    if triton_lamb is None:
+        report.record("optimizer", lamb_triton="skipped: no Triton LAMB in fastcam.kernels")
+    else:
+        variants.append(("lamb_triton", lambda: triton_lamb(params, lr=0.00155, weight_decay=0.01)))
+    for name, make in variants:
+        def step(make=make, name=name):
+            opt = make()
+            ms = timed(opt.step, dev, warmup, iters)
+            report.record("optimizer", **{f"{name}_ms": ms})
+            say(f"optimizer {name}: {ms:.2f} ms/step")
+        report.attempt(f"optimizer.{name}", step)
+
+
+def _triton_lamb():
+    """An Optimizer subclass from a fastcam.kernels module named like *lamb*, or None."""
+    if importlib.util.find_spec("fastcam.kernels") is None:
+        return None
+    package = importlib.import_module("fastcam.kernels")
+    for info in pkgutil.iter_modules(package.__path__):
+        if "lamb" not in info.name.lower():
+            continue
+        module = importlib.import_module(f"fastcam.kernels.{info.name}")
+        for value in vars(module).values():
+            if (isinstance(value, type) and issubclass(value, torch.optim.Optimizer)
+                    and value.__module__ == module.__name__):
+                return value
+    return None
+
+
+def loss(report: Report, settings: Settings, dev: torch.device, warmup: int, iters: int) -> None:
+    from fastcam.loss import class_weights, weighted_cross_entropy
+    from fastcam.metric import per_sample_iou
+
+    s = settings.size
+    dtype = torch.float16 if dev.type == "cuda" else torch.float32
+    logits = torch.randn(s.batch, 3, s.height, s.width, device=dev, dtype=dtype, requires_grad=True)
+    labels = torch.randint(0, 3, (s.batch, s.height, s.width), device=dev)
+    weights = class_weights(device=dev)
+
+    def forward_backward():
+        weighted_cross_entropy(logits, labels, weights).backward()
+
+    with torch.no_grad():
+        fwd = timed(lambda: weighted_cross_entropy(logits, labels, weights), dev, warmup, iters)
+        iou = timed(lambda: per_sample_iou(logits.argmax(dim=1), labels, 3), dev, warmup, iters)
+    report.record("loss", shape=list(logits.shape), dtype=str(dtype), forward_ms=fwd,
+                  forward_backward_ms=timed(forward_backward, dev, warmup, iters), iou_ms=iou)
+    say(f"loss: forward {fwd:.2f} ms, IoU {iou:.2f} ms")
+
+
+def layers(report: Report, settings: Settings, dev: torch.device, warmup: int, iters: int, kind: str) -> None:
+    s = settings.size
+    for name, channels, stride, dilation in SHAPES:
+        if kind == "depthwise_conv":
+            layer = torch.nn.Conv2d(channels, channels, 3, padding=dilation, dilation=dilation, groups=channels,
+                                    bias=False)
+        else:
+            layer = torch.nn.Sequential(torch.nn.BatchNorm2d(channels), torch.nn.ReLU())
+        layer = layer.to(dev, memory_format=torch.channels_last).train()
+        x = torch.randn(s.batch, channels, s.height // stride, s.width // stride, device=dev)
+        x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+        autocast = torch.autocast("cuda", dtype=torch.float16) if dev.type == "cuda" else torch.autocast(
+            "cpu", enabled=False)
+
+        def forward(layer=layer, x=x, autocast=autocast):
+            with autocast:
+                return layer(x)
+
+        def forward_backward(forward=forward):
+            forward().sum().backward()
+
+        out = forward()
+        fwd = timed(forward, dev, warmup, iters)
+        nbytes = x.numel() * x.element_size() + out.numel() * out.element_size()
+        shape = {"shape": list(x.shape)} | ({"dilation": dilation} if kind == "depthwise_conv" else {})
+        report.record(kind, **{name: {**shape, "forward_ms": fwd,
+                                      "forward_backward_ms": timed(forward_backward, dev, warmup, iters),
+                                      "forward_gb_per_s": nbytes / fwd / 1e6}})
+        say(f"{kind} {name} {list(x.shape)}: forward {fwd:.3f} ms ({nbytes / fwd / 1e6:.1f} GB/s)")
+
+
+if __name__ == "__main__":
+    main("micro", run)
