@@ -1,185 +1,216 @@
-"""One typed configuration for every fastcam run, with its two recipes.
+"""One typed, frozen configuration for every fastcam run, with its two recipes.
 
 A run is described by :class:`Config`: ``mode`` (baseline or optimized),
-``run`` (paths and settings that do not change the training trajectory),
-``hyperparameters`` (what the benchmark rules govern; see fastcam.guard) and
-``optimizations`` (how the same network is executed). ``baseline()`` holds the
-published baseline parameters with every optimization off; ``optimized()``
-holds NVIDIA's published global-batch-128 configuration. A config round-trips
-through a YAML file (``to_yaml`` / ``from_yaml``) so that a tuned result can be
-replayed with ``fastcam train --config best.yaml``.
+``run`` (settings that do not change the training trajectory),
+``hyperparameters`` (what the benchmark rules govern) and ``optimizations``
+(how the same network is executed). Every field is declared once with its
+metadata (fastcam.schema): the command line, the guard, tuning's vetting and
+the MLPerf log keys derive from it. Sections are frozen and validated when
+built, so an invalid config cannot exist; :meth:`Config.replace` returns a
+changed copy. ``baseline()`` holds the published baseline parameters with the
+reference's execution; ``optimized()`` NVIDIA's published global-batch-128
+configuration. A config round-trips through YAML (``to_yaml`` / ``from_yaml``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from fastcam.errors import ConfigError
-from fastcam.files import atomic_write_text  # noqa: F401  (re-exported: tuning and bench import it from here)
+from fastcam.files import atomic_write_text
+from fastcam.schema import param, validate
 
 MODES = ("baseline", "optimized")
 OPTIMIZERS = ("Adam", "AdamW", "LAMB")
 SCHEDULES = ("multistep", "cosine_annealing")
 WIREUP_METHODS = ("auto", "single", "local", "env", "nccl-slurm", "nccl-slurm-pmi", "nccl-openmpi", "mpi")
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")  # auto: fp16 on CUDA, fp32 on CPU
-LOADERS = ("hdf5", "staged")  # hdf5: the reference reader; staged: fastcam.data.staged
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")  # auto: resolved per device (fastcam.train.execution)
+LOADERS = ("hdf5", "staged", "dali")  # hdf5: the reference reader; staged / dali: the node-local cache
 SWITCH = ("auto", "on", "off")  # auto: on where it pays on the device (see fastcam.train.execution)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+NUM_CHANNELS = 16  # the CAM5 input fields (fastcam.data.layout.CHANNELS)
 
 
-@dataclass
+def parse_schedule(text: str) -> dict:
+    """``type=multistep,milestones=1200 2400,decay_rate=0.5`` -> a schedule mapping
+    (the ``--lr_schedule`` flag's syntax)."""
+    import argparse
+
+    out: dict = {}
+    for item in text.split(","):
+        if "=" not in item:
+            raise argparse.ArgumentTypeError(f"expected key=value pairs, got {item!r}")
+        key, value = (s.strip() for s in item.split("=", 1))
+        try:
+            if key == "milestones":
+                out[key] = [int(v) for v in value.replace(":", " ").split()]
+            elif key in ("decay_rate", "eta_min"):
+                out[key] = float(value)
+            elif key == "t_max":
+                out[key] = int(value) if value.lstrip("-").isdigit() else float(value)
+            elif key == "type":
+                out[key] = value
+            else:
+                raise argparse.ArgumentTypeError(f"unknown lr_schedule key {key!r}")
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"lr_schedule {key}={value!r} is not a number") from None
+    if "type" not in out:
+        raise argparse.ArgumentTypeError("lr_schedule needs type=multistep or type=cosine_annealing")
+    return out
+
+
+@dataclass(frozen=True)
 class Schedule:
     """LR schedule, stepped once per optimizer step (reference key names)."""
 
-    type: str = "multistep"
-    milestones: list[int] = field(default_factory=lambda: [1200])
-    decay_rate: float = 0.5
-    t_max: int = 9000
-    eta_min: float = 0.0
+    type: str = param("multistep", "multistep or cosine_annealing ('cosine' accepted)", "mutable",
+                      choices=SCHEDULES, log_key="scheduler_type", aliases=("cosine",))
+    milestones: tuple = param((1200,), "multistep: optimizer steps after warmup at which the LR decays",
+                              "mutable", item=int, log_key="scheduler_milestones", tunable=True)
+    decay_rate: float = param(0.5, "multistep: factor applied at each milestone", "mutable",
+                              low=0.0, low_exclusive=True, rules_range=(None, 1.0),
+                              log_key="scheduler_decay_rate", tunable=True)
+    t_max: int = param(9000, "cosine: steps of a half period", "mutable", low=1, log_key="scheduler_t_max",
+                       tunable=True)
+    eta_min: float = param(0.0, "cosine: the lowest LR", "mutable", low=0.0, log_key="scheduler_eta_min",
+                           tunable=True)
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         if self.type == "cosine":
-            self.type = "cosine_annealing"
-        _choice("lr_schedule.type", self.type, SCHEDULES)
-        self.milestones = [int(m) for m in self.milestones]
+            object.__setattr__(self, "type", "cosine_annealing")
+        validate(self, "lr_schedule")
         if self.type == "multistep":
-            if not self.milestones or any(m <= 0 for m in self.milestones) or self.milestones != sorted(self.milestones):
-                raise ConfigError(f"lr_schedule.milestones must be increasing positive steps, got {self.milestones}")
-            _positive("lr_schedule.decay_rate", self.decay_rate)
-        else:
-            if int(self.t_max) <= 0:
-                raise ConfigError(f"lr_schedule.t_max must be a positive number of steps, got {self.t_max}")
-            if self.eta_min < 0:
-                raise ConfigError(f"lr_schedule.eta_min must be >= 0, got {self.eta_min}")
+            m = self.milestones
+            if any(x <= 0 for x in m) or list(m) != sorted(set(m)):
+                raise ConfigError(f"lr_schedule.milestones must be increasing positive steps, got {list(m)}")
 
     def as_dict(self) -> dict[str, Any]:
         """Only the keys of this schedule type (what the trainer and the log use)."""
         if self.type == "multistep":
-            return {"type": self.type, "milestones": list(self.milestones), "decay_rate": float(self.decay_rate)}
-        return {"type": self.type, "t_max": int(self.t_max), "eta_min": float(self.eta_min)}
+            return {"type": self.type, "milestones": list(self.milestones), "decay_rate": self.decay_rate}
+        return {"type": self.type, "t_max": self.t_max, "eta_min": self.eta_min}
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunSettings:
     """Settings that do not change the training trajectory (free in every mode)."""
 
-    run_tag: str = "deepcam"
-    data_dir_prefix: str | None = None  # None: a cached small synthetic data set
-    output_dir: str = "runs"
-    checkpoint: str | None = None  # resume from this file
-    model_prefix: str = "model"
-    wireup_method: str = "auto"
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    seed: int | None = None  # None: derived from the clock, then logged
-    max_inter_threads: int = 4  # loader workers (the reference uses min(this, local batch))
-    max_epochs: int = 200
-    target_iou: float = 0.82
-    stage_dir: str | None = None  # node-local cache for the staged loader; None: OUTPUT_DIR/staged
+    run_tag: str = param("deepcam", "name of the log and checkpoints", "run")
+    data_dir_prefix: str | None = param(None, "data set root (default: a cached small synthetic set)", "run",
+                                        kind=str, nullable=True)
+    output_dir: str = param("runs", "logs and checkpoints go here", "run")
+    checkpoint: str | None = param(None, "resume from this checkpoint", "run", kind=str, nullable=True)
+    model_prefix: str = param("model", "checkpoint file name prefix", "run")
+    wireup_method: str = param("auto", "how ranks find each other", "run", choices=WIREUP_METHODS)
+    device: str = param("auto", "auto, cpu, cuda or cuda:N", "run")
+    seed: int | None = param(None, "RNG seed (default: from the clock, then logged)", "run", kind=int,
+                             nullable=True, low=1)
+    max_inter_threads: int = param(4, "loader workers (the reference uses min(this, local batch))", "run",
+                                   low=0, tunable=True)
+    max_epochs: int = param(200, "epoch budget", "run", low=1)
+    target_iou: float = param(0.82, "stop when validation IoU reaches this", "run", low=0.0,
+                              low_exclusive=True, high=1.0)
+    stage_dir: str | None = param(None, "node-local cache of the staged loader (default OUTPUT_DIR/staged)",
+                                  "run", kind=str, nullable=True)
 
-    def validate(self) -> None:
-        _choice("wireup_method", self.wireup_method, WIREUP_METHODS)
+    def __post_init__(self) -> None:
+        validate(self, "run")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
-            raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
-        if self.max_inter_threads < 0:
-            raise ConfigError(f"max_inter_threads must be >= 0, got {self.max_inter_threads}")
-        if self.max_epochs < 1:
-            raise ConfigError(f"max_epochs must be >= 1, got {self.max_epochs}")
-        if not 0.0 < self.target_iou <= 1.0:
-            raise ConfigError(f"target_iou must be in (0, 1], got {self.target_iou}")
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 1):
-            # The MLPerf checker requires seed > 0.
-            raise ConfigError(f"seed must be a positive integer, got {self.seed!r}")
+            raise ConfigError(f"run.device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if not self.run_tag or "/" in self.run_tag:
-            raise ConfigError(f"run_tag must be a non-empty file name, got {self.run_tag!r}")
+            raise ConfigError(f"run.run_tag must be a non-empty file name, got {self.run_tag!r}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Hyperparameters:
-    """What the benchmark rules govern (fixed or mutable: see fastcam.guard)."""
+    """What the benchmark rules govern: ``mutable`` in optimized runs, else ``fixed``."""
 
-    local_batch_size: int = 8
-    optimizer: str = "AdamW"
-    start_lr: float = 1e-3
-    optimizer_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    optimizer_eps: float = 1e-6
-    weight_decay: float = 1e-2
-    lr_warmup_steps: int = 0
-    lr_warmup_factor: float = 1.0
-    lr_schedule: Schedule = field(default_factory=Schedule)
-    save_frequency: int = 400  # in epochs, as the reference counts it
-    gradient_accumulation_frequency: int = 1
-    logging_frequency: int = 0  # 0: train loss/accuracy once per epoch
-    batchnorm_group_size: int = 1
-    channels: list[int] = field(default_factory=lambda: list(range(16)))
+    local_batch_size: int = param(8, "samples per rank per step", "mutable", low=1, log_key="local_batch_size",
+                                  tunable=True)
+    optimizer: str = param("AdamW", "Adam, AdamW or LAMB", "mutable", choices=OPTIMIZERS, log_key="opt_name",
+                           tunable=True)
+    start_lr: float = param(1e-3, "peak learning rate", "mutable", low=0.0, low_exclusive=True,
+                            log_key="opt_lr", tunable=True)
+    optimizer_betas: tuple = param((0.9, 0.999), "Adam betas", "fixed", item=float, length=2, low=0.0,
+                                   high=1.0, high_exclusive=True, log_key="opt_betas")
+    optimizer_eps: float = param(1e-6, "Adam epsilon", "fixed", low=0.0, low_exclusive=True, log_key="opt_eps")
+    weight_decay: float = param(1e-2, "weight decay", "mutable", low=0.0, log_key="opt_weight_decay",
+                                tunable=True)
+    lr_warmup_steps: int = param(0, "linear warmup steps", "mutable", low=0,
+                                 log_key="scheduler_lr_warmup_steps", tunable=True)
+    lr_warmup_factor: float = param(1.0, "warmup factor (>= 1)", "mutable", low=1.0,
+                                    log_key="scheduler_lr_warmup_factor", tunable=True)
+    lr_schedule: Schedule = param(Schedule(), "type=multistep,milestones=A B,decay_rate=R or "
+                                  "type=cosine_annealing,t_max=N,eta_min=E", "mutable", kind=Schedule,
+                                  parse=parse_schedule, tunable=True)
+    save_frequency: int = param(400, "checkpoint every N epochs", "fixed", low=1)
+    gradient_accumulation_frequency: int = param(1, "micro-batches per optimizer step", "fixed", low=1,
+                                                 log_key="gradient_accumulation_frequency")
+    logging_frequency: int = param(0, "log train values every N steps (0: once per epoch)", "fixed", low=0)
+    batchnorm_group_size: int = param(1, "ranks per batchnorm group", "fixed", low=1,
+                                      log_key="batchnorm_group_size")
+    channels: tuple = param(tuple(range(NUM_CHANNELS)), "input channels", "fixed", item=int, low=0,
+                            high=NUM_CHANNELS - 1)
 
-    def validate(self) -> None:
-        self.optimizer = canonical_optimizer(self.optimizer)
-        _positive("local_batch_size", self.local_batch_size)
-        _positive("start_lr", self.start_lr)
-        if len(self.optimizer_betas) != 2 or not all(0.0 <= b < 1.0 for b in self.optimizer_betas):
-            raise ConfigError(f"optimizer_betas must be two values in [0, 1), got {self.optimizer_betas}")
-        self.optimizer_betas = [float(b) for b in self.optimizer_betas]
-        _positive("optimizer_eps", self.optimizer_eps)
-        if self.weight_decay < 0:
-            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        if self.lr_warmup_steps < 0:
-            raise ConfigError(f"lr_warmup_steps must be >= 0, got {self.lr_warmup_steps}")
-        if self.lr_warmup_factor < 1.0:
-            raise ConfigError(f"lr_warmup_factor must be >= 1, got {self.lr_warmup_factor}")
-        self.lr_schedule.validate()
-        for name in ("save_frequency", "gradient_accumulation_frequency", "batchnorm_group_size"):
-            _positive(name, getattr(self, name))
-        if self.logging_frequency < 0:
-            raise ConfigError(f"logging_frequency must be >= 0, got {self.logging_frequency}")
-        if not self.channels or len(set(self.channels)) != len(self.channels) or min(self.channels) < 0:
-            raise ConfigError(f"channels must be distinct non-negative indices, got {self.channels}")
+    def __post_init__(self) -> None:
+        if isinstance(self.optimizer, str):
+            object.__setattr__(self, "optimizer", canonical_optimizer(self.optimizer))
+        if isinstance(self.lr_schedule, dict):
+            object.__setattr__(self, "lr_schedule", Schedule(**self.lr_schedule))
+        validate(self, "hyperparameters")
+        if len(set(self.channels)) != len(self.channels):
+            raise ConfigError(f"hyperparameters.channels must be distinct, got {list(self.channels)}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Optimizations:
-    """How the network is executed; all off is the reference's execution."""
+    """How the network is executed; the defaults are the reference's execution."""
 
-    channels_last: bool = False
-    precision: str = "fp32"
-    fused_optimizer: bool = False
-    compile: str = "off"
-    compile_mode: str = "default"
+    channels_last: bool = param(False, "channels-last memory format", "execution", switch=True)
+    precision: str = param("fp32", "autocast precision (auto: per device)", "execution", choices=PRECISIONS)
+    fused_optimizer: bool = param(False, "fused/multi-tensor optimizer kernels", "execution", switch=True)
+    compile: str = param("off", "torch.compile (auto: CUDA only)", "execution", choices=SWITCH)
+    compile_mode: str = param("default", "torch.compile mode", "execution", choices=COMPILE_MODES)
     # On in the reference's own execution: its train.py sets cudnn.benchmark on CUDA
     # (speed only, the same maths).
-    cudnn_benchmark: bool = True
-    loader: str = "hdf5"
+    cudnn_benchmark: bool = param(True, "cuDNN autotuning on CUDA", "execution", switch=True)
+    loader: str = param("hdf5", "input pipeline", "execution", choices=LOADERS)
 
-    def validate(self) -> None:
-        _choice("precision", self.precision, PRECISIONS)
-        _choice("compile", self.compile, SWITCH)
-        _choice("loader", self.loader, LOADERS)
-        _choice("compile_mode", self.compile_mode, ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
+    def __post_init__(self) -> None:
+        validate(self, "optimizations")
 
     def all_off(self) -> bool:
         return self == Optimizations()
 
 
-@dataclass
+SECTIONS = {"run": RunSettings, "hyperparameters": Hyperparameters, "optimizations": Optimizations}
+
+
+@dataclass(frozen=True)
 class Config:
     mode: str = "baseline"
     open_division: bool = False  # allows anything; logged as submission_division=open
-    run: RunSettings = field(default_factory=RunSettings)
-    hyperparameters: Hyperparameters = field(default_factory=Hyperparameters)
-    optimizations: Optimizations = field(default_factory=Optimizations)
+    run: RunSettings = dataclasses.field(default_factory=RunSettings)
+    hyperparameters: Hyperparameters = dataclasses.field(default_factory=Hyperparameters)
+    optimizations: Optimizations = dataclasses.field(default_factory=Optimizations)
 
-    def validate(self) -> "Config":
-        _choice("mode", self.mode, MODES)
-        self.run.validate()
-        self.hyperparameters.validate()
-        self.optimizations.validate()
-        return self
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if not isinstance(self.open_division, bool):
+            raise ConfigError(f"open_division must be true or false, got {self.open_division!r}")
+
+    def replace(self, **changes: Any) -> "Config":
+        """A validated copy: top-level values, or ``section={field: value}`` mappings."""
+        return _overlay(self, changes, "config")
 
     # -- serialisation -------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return plain(dataclasses.asdict(self))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], base: "Config | None" = None, source: str = "config") -> "Config":
@@ -187,9 +218,10 @@ class Config:
         if not isinstance(data, dict):
             raise ConfigError(f"{source}: expected a mapping at the top level")
         mode = data.get("mode", base.mode if base else "baseline")
-        config = dataclasses.replace(base) if base else recipe(mode)
-        config = _overlay(config, data, source)
-        return config.validate()
+        try:
+            return _overlay(base if base is not None else recipe(mode), data, source)
+        except ConfigError as err:
+            raise ConfigError(f"{source}: {err}") from None
 
     def to_yaml(self, path: str | os.PathLike) -> None:
         import yaml
@@ -201,9 +233,11 @@ class Config:
         import yaml
 
         try:
-            text = Path(path).read_text()
+            text = Path(path).read_text(encoding="utf-8")
         except OSError as err:
             raise ConfigError(f"{path}: cannot read config file ({err.strerror})") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not a text (UTF-8) YAML config file") from None
         try:
             data = yaml.safe_load(text) or {}
         except yaml.YAMLError as err:
@@ -212,79 +246,27 @@ class Config:
 
 
 def baseline() -> Config:
-    """The published baseline ("Kestrel" reference run) with every optimization off."""
-    return Config(mode="baseline").validate()
+    """The published baseline (ESIF-HPC-4 DeepCAM README) with the reference's execution."""
+    return Config(mode="baseline")
 
 
 def optimized() -> Config:
     """NVIDIA's published global-batch-128 configuration; optimizations on where they apply.
-
-    The device-specific choices (fp16, compile, fused optimizers on CUDA) are
-    resolved at run time by fastcam.train.optimize from ``device``.
-    """
+    The device-specific choices are resolved at run time (fastcam.train.execution)."""
     return Config(
         mode="optimized",
         hyperparameters=Hyperparameters(
-            optimizer="LAMB",
-            start_lr=0.00155,
-            weight_decay=0.01,
-            lr_warmup_steps=0,
-            lr_warmup_factor=1.0,
-            lr_schedule=Schedule(type="cosine_annealing", t_max=9000, eta_min=0.0),
-        ),
+            optimizer="LAMB", start_lr=0.00155, weight_decay=0.01, lr_warmup_steps=0, lr_warmup_factor=1.0,
+            lr_schedule=Schedule(type="cosine_annealing", t_max=9000, eta_min=0.0)),
         optimizations=Optimizations(channels_last=True, precision="auto", fused_optimizer=True, compile="auto",
                                     cudnn_benchmark=True, loader="staged"),
-    ).validate()
+    )
 
 
 def recipe(mode: str) -> Config:
-    _choice("mode", mode, MODES)
+    if mode not in MODES:
+        raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     return baseline() if mode == "baseline" else optimized()
-
-
-# -- helpers -------------------------------------------------------------------
-def _overlay(obj, data: dict[str, Any], where: str):
-    """Copy of dataclass ``obj`` with the keys of ``data`` applied, type-checked."""
-    known = {f.name: f for f in fields(obj)}
-    changes = {}
-    for key, value in data.items():
-        if key not in known:
-            raise ConfigError(f"{where}: unknown key '{key}' (known: {', '.join(known)})")
-        current = getattr(obj, key)
-        if dataclasses.is_dataclass(current):
-            if not isinstance(value, dict):
-                raise ConfigError(f"{where}: '{key}' must be a mapping")
-            changes[key] = _overlay(current, value, f"{where}.{key}")
-        else:
-            changes[key] = _coerce(value, current, f"{where}.{key}")
-    return dataclasses.replace(obj, **changes)
-
-
-def _coerce(value, current, where: str):
-    """Convert a YAML/CLI value to the type of the field's current value."""
-    if value is None:
-        if current is None:  # only fields whose default is "unset" (seed, paths) may be null
-            return None
-        raise ConfigError(f"{where}: must not be null")
-    try:
-        if isinstance(current, bool):
-            if isinstance(value, bool):
-                return value
-            raise ValueError
-        if isinstance(current, int) and not isinstance(value, bool):
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return int(value)
-        if isinstance(current, float):
-            return float(value)
-        if isinstance(current, list):
-            if not isinstance(value, (list, tuple)):
-                raise ValueError
-            kind = type(current[0]) if current else float
-            return [kind(v) for v in value]
-        return value if current is None else type(current)(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{where}: {value!r} is not a valid {type(current).__name__}") from None
 
 
 def canonical_optimizer(name: object) -> str:
@@ -297,11 +279,41 @@ def canonical_optimizer(name: object) -> str:
     raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
 
 
-def _choice(name: str, value, allowed) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+# -- helpers -------------------------------------------------------------------
+def _overlay(obj, data: dict[str, Any], where: str):
+    """A validated copy of dataclass ``obj`` with the keys of ``data`` applied."""
+    known = {f.name: f for f in fields(obj)}
+    changes = {}
+    for key, value in data.items():
+        if key not in known:
+            raise ConfigError(f"{where}: unknown key '{key}' (known: {', '.join(known)})")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if dataclasses.is_dataclass(value):
+                changes[key] = value
+                continue
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: '{key}' must be a mapping")
+            changes[key] = _overlay(current, value, f"{where}.{key}")
+        else:
+            changes[key] = _yaml_number(value, current)
+    return dataclasses.replace(obj, **changes)
 
 
-def _positive(name: str, value) -> None:
-    if not value > 0:
-        raise ConfigError(f"{name} must be > 0, got {value}")
+def _yaml_number(value, current):
+    """YAML 1.1 reads ``1e-3`` as a string: accept numeric strings for float fields."""
+    if isinstance(current, float) and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def plain(value):
+    """Dicts, lists and scalars only (tuples as lists): what YAML and checkpoints hold."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value

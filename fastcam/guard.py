@@ -1,37 +1,36 @@
 """The hyperparameter guard: what a compliant run may and may not change.
 
-Rules (../shared/spec/benchmark.md, "Baseline run parameters" and "Mutable"):
-
-- ``baseline`` mode: every hyperparameter equals the published baseline value
-  and every optimization is off; only settings that do not change the training
-  trajectory (paths, run tag, seed, wire-up, device, loader workers,
-  ``max_epochs``, ``target_iou``) are free. They live in ``Config.run``.
-- ``optimized`` mode: the MUTABLE hyperparameters and the local batch size may
-  change; the FIXED ones must equal the baseline; other hyperparameters that
-  the rules do not list as mutable (betas, eps, input channels) stay fixed.
-  Mutable values must still lie in the ranges the rules allow.
-- ``open_division``: anything goes (logged as ``submission_division`` open).
+The rules class of every field is declared once in fastcam.config (see
+fastcam.schema): ``run`` settings are free in every mode; in ``baseline`` mode
+every hyperparameter equals the published baseline value and the execution is
+the reference's; in ``optimized`` mode the ``mutable`` hyperparameters may
+change, within their ``rules_range`` (spec/benchmark.md, "Mutable"), and the
+``fixed`` ones must equal the baseline. ``open_division`` allows anything
+(logged as ``submission_division`` open).
 
 The guard raises :class:`GuardError` (exit code 2) naming the parameter, the
-value given and the value required. Tuning reuses ``check_name`` and
-``check_range`` to vet a search space before any trial runs.
+exact value given and the value required (``repr``: 0.0010000000001 is not
+shown as 0.001). Tuning calls :func:`check_name` and :func:`check_range` to vet
+a search space before any trial runs.
 """
 
 from __future__ import annotations
 
-from fastcam.config import Config, Hyperparameters, baseline
+import dataclasses
+
+from fastcam import schema
+from fastcam.config import Config, Hyperparameters, Optimizations, Schedule, baseline
 from fastcam.errors import GuardError
 
-MUTABLE = frozenset({
-    "optimizer", "start_lr", "lr_schedule", "lr_warmup_steps", "lr_warmup_factor",
-    "weight_decay", "max_inter_threads", "local_batch_size",
-})
-# Fixed by name in the rules; the rest of Hyperparameters is fixed because it
-# is not listed as mutable.
-FIXED = frozenset({"save_frequency", "gradient_accumulation_frequency", "logging_frequency", "batchnorm_group_size"})
-ALWAYS_FIXED = frozenset(f for f in Hyperparameters.__dataclass_fields__ if f not in MUTABLE)
-
 OPEN_HINT = "(pass --open-division to run outside the rules)"
+
+
+def mutable_names() -> tuple[str, ...]:
+    """The hyperparameters (and run settings) an optimized run may change."""
+    names = [n for n, p in schema.params(Hyperparameters) if p.rule == "mutable"]
+    from fastcam.config import RunSettings
+
+    return tuple(names + [n for n, p in schema.params(RunSettings) if p.tunable])
 
 
 def check(config: Config) -> None:
@@ -40,82 +39,84 @@ def check(config: Config) -> None:
         return
     reference = baseline()
     given, required = config.hyperparameters, reference.hyperparameters
-    free = set() if config.mode == "baseline" else MUTABLE
-    for name in Hyperparameters.__dataclass_fields__:
-        if name in free:
-            continue
+    for name, p in schema.params(Hyperparameters):
         value, expected = getattr(given, name), getattr(required, name)
-        if _differs(value, expected):
+        if config.mode == "optimized" and p.rule == "mutable":
+            if name == "lr_schedule":
+                for part, pp in schema.params(Schedule):
+                    check_range(part, getattr(value, part), pp)
+            else:
+                check_range(name, value, p)
+        elif _differs(value, expected):
             raise GuardError(
-                f"{_flag(name)} {_show(value)} is not allowed in {config.mode} mode: "
+                f"--{name} {_show(value)} is not allowed in {config.mode} mode: "
                 f"the benchmark requires {_show(expected)} {OPEN_HINT}")
     if config.mode == "baseline":
-        _check_optimizations_off(config)
-    else:
-        check_range("lr_warmup_factor", given.lr_warmup_factor)
-        if given.lr_schedule.type == "multistep":
-            check_range("decay_rate", given.lr_schedule.decay_rate)
-        check_range("start_lr", given.start_lr)
-        check_range("weight_decay", given.weight_decay)
+        _check_reference_execution(config.optimizations)
 
 
 def check_name(name: str) -> None:
-    """Refuse a hyperparameter name a compliant optimized run may not change."""
-    base = name.split(".")[0]
-    if base in {"decay_rate", "milestones", "t_max", "eta_min", "type"}:
-        return  # parts of lr_schedule
-    if base not in MUTABLE:
-        why = "fixed by the benchmark" if base in ALWAYS_FIXED else "not a hyperparameter"
-        raise GuardError(f"{name} is {why} and cannot be tuned; mutable: {', '.join(sorted(MUTABLE))}")
+    """Refuse a hyperparameter name a compliant optimized run may not change
+    (``lr_schedule.PART`` and the bare schedule parts are parts of lr_schedule)."""
+    base, _, part = name.partition(".")
+    schedule_parts = {n for n, _ in schema.params(Schedule)}
+    if (base == "lr_schedule" and (not part or part in schedule_parts)) or (not part and base in schedule_parts):
+        return
+    if base not in mutable_names() or part:
+        known = {n for n, _ in schema.params(Hyperparameters)}
+        why = "fixed by the benchmark" if base in known else "not a hyperparameter"
+        raise GuardError(f"{name} is {why} and cannot be tuned; mutable: {', '.join(sorted(mutable_names()))}")
 
 
-# Ranges the rules allow for mutable values (inclusive bounds; None: open).
-RANGES = {
-    "lr_warmup_factor": (1.0, None),
-    "decay_rate": (None, 1.0),
-    "start_lr": (0.0, None),
-    "weight_decay": (0.0, None),
-    "lr_warmup_steps": (0, None),
-    "eta_min": (0.0, None),
-}
+def check_range(name: str, value, p: schema.Param | None = None) -> None:
+    """Refuse a mutable value outside what the rules allow (and the field's
+    own valid range)."""
+    if p is None:
+        p = _param(name)
+    if p is None or isinstance(value, (str, tuple, list, Schedule)):
+        return
+    # The rules' bound where they give one, else the field's own valid bound.
+    low, low_open = (p.rules_range[0], False) if p.rules_range[0] is not None else (p.low, p.low_exclusive)
+    high, high_open = (p.rules_range[1], False) if p.rules_range[1] is not None else (p.high, p.high_exclusive)
+    if low is not None and (value <= low if low_open else value < low):
+        bound = f"{'>' if low_open else '>='} {low!r}"
+    elif high is not None and (value >= high if high_open else value > high):
+        bound = f"{'<' if high_open else '<='} {high!r}"
+    else:
+        return
+    raise GuardError(f"{name} {_show(value)} is outside the allowed range: it must be {bound}")
 
 
-def check_range(name: str, value: float) -> None:
-    low, high = RANGES.get(name, (None, None))
-    if (low is not None and value < low) or (high is not None and value > high):
-        bound = f">= {low}" if low is not None and value < low else f"<= {high}"
-        raise GuardError(f"{name} {_show(value)} is outside the allowed range: it must be {bound}")
+def _param(name: str) -> schema.Param | None:
+    from fastcam.config import RunSettings
+
+    for cls in (Hyperparameters, Schedule, RunSettings):
+        try:
+            return schema.param_of(cls, name)
+        except KeyError:
+            continue
+    return None
 
 
-def _check_optimizations_off(config: Config) -> None:
-    from fastcam.config import Optimizations
-
-    off = Optimizations()
-    for name in Optimizations.__dataclass_fields__:
-        value, expected = getattr(config.optimizations, name), getattr(off, name)
+def _check_reference_execution(given: Optimizations) -> None:
+    reference = Optimizations()
+    for f in dataclasses.fields(Optimizations):
+        value, expected = getattr(given, f.name), getattr(reference, f.name)
         if value != expected:
             raise GuardError(
-                f"{name.replace('_', '-')} {_show(value)} is not allowed in baseline mode: "
+                f"--{f.name.replace('_', '-')} {_show(value)} is not allowed in baseline mode: "
                 f"a baseline run uses {_show(expected)} (use --mode optimized) {OPEN_HINT}")
 
 
 def _differs(value, expected) -> bool:
-    if hasattr(value, "as_dict"):
+    if isinstance(value, Schedule):
         return value.as_dict() != expected.as_dict()
-    if isinstance(expected, float) or (isinstance(expected, list) and expected and isinstance(expected[0], float)):
-        a = value if isinstance(value, list) else [value]
-        b = expected if isinstance(expected, list) else [expected]
-        return len(a) != len(b) or any(abs(x - y) > 1e-12 * max(abs(x), abs(y), 1e-30) for x, y in zip(a, b))
     return value != expected
 
 
-def _flag(name: str) -> str:
-    return f"--{name}"
-
-
 def _show(value) -> str:
-    if hasattr(value, "as_dict"):
+    if isinstance(value, Schedule):
         return ",".join(f"{k}={_show(v)}" for k, v in value.as_dict().items())
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):
         return " ".join(_show(v) for v in value)
-    return f"{value:g}" if isinstance(value, float) else str(value)
+    return repr(value) if isinstance(value, float) else str(value)

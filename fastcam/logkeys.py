@@ -49,3 +49,4 @@ FASTCAM_MAX_EPOCHS = "fastcam_max_epochs"
 FASTCAM_TARGET_IOU = "fastcam_target_iou"
 FASTCAM_EXECUTION = "fastcam_execution"  # the execution switches (device, precision, ...)
 FASTCAM_WARMUP_SECONDS = "fastcam_warmup_seconds"
+FASTCAM_LOADER = "fastcam_loader"  # hdf5 | staged | dali

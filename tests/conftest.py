@@ -50,3 +50,12 @@ def tiny_synthetic(tmp_path_factory):
     root = tmp_path_factory.mktemp("synthetic") / "data"
     synthesize(root, 16, 5, height=32, width=48, seed=11, workers=1, progress=False)
     return root
+
+
+def small_network() -> torch.nn.Module:
+    """A stand-in for the 56.5M-parameter reference network in tests of the loop
+    mechanics (logging, resume, ranks, tuning): 16 input channels, 3-class logits
+    at the input's size, a batchnorm so BN statistics and SyncBatchNorm paths run."""
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(layout.NUM_CHANNELS, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+        torch.nn.Conv2d(8, layout.NUM_CLASSES, 1))

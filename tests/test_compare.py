@@ -22,7 +22,7 @@ from fastcam.compare.table import group_runs, render_markdown, summary_table
 from fastcam.compliance import failed_keys, run_checker
 from fastcam.errors import DataError
 from fastcam.train.cli import parse_train_config
-from fastcam.train.trainer import train
+from fastcam.train import train
 
 DATA = Path(__file__).parent / "data"
 REFERENCE_LOG = DATA / "reference_deepcam.log"

@@ -7,7 +7,7 @@ import json
 import torch
 
 from fastcam.train.cli import parse_train_config
-from fastcam.train.trainer import train
+from fastcam.train import train
 
 
 def events_of(log):

@@ -25,6 +25,7 @@ import pytest
 from mlperf_logging import mllog
 
 from fastcam.compliance import CheckerResult, failed_keys, run_checker
+from fastcam.config import Hyperparameters
 from fastcam.errors import ConfigError, DataError
 from fastcam.train.mlperf import (MLPerfLogger, hyperparameter_events, log_events,
                                   submission_events)
@@ -35,15 +36,16 @@ MULTISTEP = {"type": "multistep", "milestones": [1200], "decay_rate": 0.5}
 COSINE = {"type": "cosine_annealing", "t_max": 9000, "eta_min": 0.0}
 
 
-def baseline_hyperparameters(**overrides: Any) -> dict[str, Any]:
-    """The baseline table's settings at a small size (16 ranks x 8)."""
-    params: dict[str, Any] = dict(
-        seed=1662603011, global_batch_size=128, local_batch_size=8,
-        gradient_accumulation_frequency=1, batchnorm_group_size=1, optimizer="AdamW",
-        start_lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=1e-2, schedule=MULTISTEP,
-        warmup_steps=0, warmup_factor=1.0, train_samples=64, eval_samples=16)
-    params.update(overrides)
-    return params
+RUN_FACTS = ("seed", "global_batch_size", "train_samples", "eval_samples")
+
+
+def hyper_events(**overrides: Any) -> list:
+    """The hyperparameter events of the baseline table's settings at a small
+    size (16 ranks x 8), with ``overrides`` (config field names, or run facts)."""
+    facts: dict[str, Any] = dict(seed=1662603011, global_batch_size=128, train_samples=64, eval_samples=16)
+    facts.update({k: v for k, v in overrides.items() if k in RUN_FACTS})
+    fields = {k: v for k, v in overrides.items() if k not in RUN_FACTS}
+    return hyperparameter_events(Hyperparameters(**fields), **facts)
 
 
 def write_run_log(path: Path, *, accuracies: list[float], status: str = "aborted",
@@ -52,7 +54,7 @@ def write_run_log(path: Path, *, accuracies: list[float], status: str = "aborted
     """Drives MLPerfLogger through the trainer's sequence of calls."""
     events = (submission_events(platform="4xtest-node", org="fastcam", division=division,
                                 status="onprem", num_nodes=4, accelerators_per_node=4)
-              + hyperparameter_events(**baseline_hyperparameters(**hyper)))
+              + hyper_events(**hyper))
     events = [(key, value) for key, value in events if key not in drop]
     with MLPerfLogger(path) as logger:
         logger.event("cache_clear", True)
@@ -116,7 +118,7 @@ def test_target_counts_if_any_evaluation_reached_it(tmp_path: Path) -> None:
 
 def test_lamb_with_cosine_annealing_passes(tmp_path: Path) -> None:
     log = write_run_log(tmp_path / "lamb.log", accuracies=[0.7, 0.85], optimizer="LAMB",
-                        start_lr=0.00155, schedule=COSINE,
+                        start_lr=0.00155, lr_schedule=COSINE,
                         train_samples=REAL_TRAIN_SAMPLES, eval_samples=REAL_EVAL_SAMPLES)
 
     assert_passes(run_checker(log))
@@ -138,7 +140,7 @@ def test_lamb_with_cosine_annealing_passes(tmp_path: Path) -> None:
 def test_log_missing_a_required_key_fails_naming_it(tmp_path: Path, optimizer: str,
                                                     schedule: dict, removed: str) -> None:
     log = write_run_log(tmp_path / "missing.log", accuracies=[0.9], drop=(removed,),
-                        optimizer=optimizer, schedule=schedule,
+                        optimizer=optimizer, lr_schedule=schedule,
                         train_samples=REAL_TRAIN_SAMPLES, eval_samples=REAL_EVAL_SAMPLES)
 
     result = run_checker(log)
@@ -269,21 +271,21 @@ def test_unwritable_log_path_is_a_config_error(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("overrides, message", [
     ({"optimizer": "SGD"}, "optimizer"),
-    ({"schedule": {"type": "cosine"}}, "schedule type"),
-    ({"schedule": {"type": "multistep", "milestones": [5]}}, "decay_rate"),
-    ({"schedule": {**MULTISTEP, "t_max": 3}}, "t_max"),
-    ({"betas": (0.9,)}, "betas"),
+    ({"lr_schedule": {"type": "linear"}}, "lr_schedule.type"),
+    ({"lr_schedule": {"type": "multistep", "milestones": [5], "decay_rate": 0.0}}, "decay_rate"),
+    ({"lr_schedule": {**COSINE, "t_max": 0}}, "t_max"),
+    ({"optimizer_betas": (0.9,)}, "optimizer_betas"),
 ])
 def test_bad_hyperparameters_raise_config_error(overrides: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        hyperparameter_events(**baseline_hyperparameters(**overrides))
+        hyper_events(**overrides)
 
 
 def test_optimizer_name_is_written_as_the_rules_spell_it() -> None:
-    events = dict(hyperparameter_events(**baseline_hyperparameters(optimizer="lamb")))
+    events = dict(hyper_events(optimizer="lamb"))
     assert events["opt_name"] == "LAMB"
     assert events["opt_bias_correction"] is True and events["opt_grad_averaging"] is True
-    assert "opt_max_grad_norm" not in dict(hyperparameter_events(**baseline_hyperparameters()))
+    assert "opt_max_grad_norm" not in dict(hyper_events())
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -11,10 +11,11 @@ from fastcam.config import optimized
 from fastcam.distributed import init_distributed
 from fastcam.model import to_reference_state_dict
 from fastcam.train.cli import parse_train_config
+from fastcam.train import Trainer, train
 from fastcam.train.execution import resolve_execution
-from fastcam.train.loop import StepState, train_epoch
-from fastcam.train.setup import build_components, synthetic_batch, warm_up
-from fastcam.train.trainer import train
+from fastcam.train.plan import resolve_plan
+
+from conftest import small_network
 
 
 def run_args(mode, data, out, *extra):
@@ -24,6 +25,12 @@ def run_args(mode, data, out, *extra):
 
 def log_events(path):
     return [json.loads(line.split(":::MLLOG ", 1)[1]) for line in path.read_text().splitlines()]
+
+
+def trainer_for(config, data, model=None):
+    ctx = init_distributed("single", "cpu")
+    torch.manual_seed(0)
+    return Trainer(resolve_plan(config, ctx, torch.device("cpu"), data_dir=data), ctx, model=model)
 
 
 def test_device_defaults_of_the_optimized_recipe():
@@ -46,7 +53,9 @@ def test_optimized_run_end_to_end_on_cpu_records_every_switch(tiny_synthetic, tm
     assert keys.index("staging_start") < keys.index("staging_stop") < keys.index("run_start")
     execution = next(e["value"] for e in events if e["key"] == "fastcam_execution")
     assert execution == {"device": "cpu", "channels_last": True, "precision": "fp32", "grad_scaler": False,
-                         "fused_optimizer": True, "compile": "off", "cudnn_benchmark": False}
+                         "fused_optimizer": True, "compile": "off", "cudnn_benchmark": False,
+                         "optimizer_implementation": "LAMB (torch foreach)"}
+    assert next(e["value"] for e in events if e["key"] == "fastcam_loader") == "staged"
     assert next(e["value"] for e in events if e["key"] == "opt_name") == "LAMB"
     assert failed_keys(run_checker(out / "logs" / "opt.log")) == {"train_samples", "eval_samples", "eval_accuracy"}
     # Staged data: the run's shards live under OUTPUT_DIR/staged (no --stage_dir given).
@@ -67,46 +76,44 @@ def test_optimized_execution_matches_baseline_on_the_same_hyperparameters(tiny_s
         assert f.train_loss == pytest.approx(b.train_loss, rel=0.05)
 
 
-def test_warm_up_leaves_the_run_state_untouched():
-    ctx = init_distributed("single", "cpu")
-    config = optimized()
-    config.hyperparameters.local_batch_size = 2
-    torch.manual_seed(0)
-    c = build_components(config, ctx, torch.device("cpu"))
-    before = {k: v.clone() for k, v in to_reference_state_dict(c.model).items()}
+def test_warm_up_leaves_the_run_state_untouched(tiny_synthetic):
+    trainer = trainer_for(optimized().replace(hyperparameters={"local_batch_size": 2}), tiny_synthetic)
+    assert trainer.plan.input_dtype is torch.float16  # the staged cache's: warm-up batches match it
+    before = {k: v.clone() for k, v in to_reference_state_dict(trainer.model).items()}
     rng = torch.get_rng_state()
-    warm_up(c, ctx, batch_size=2, channels=16, height=32, width=48, input_dtype=torch.float16)
-    after = to_reference_state_dict(c.model)
+    lr = trainer.optimizer.param_groups[0]["lr"]
+    trainer.warm_up()
+    after = to_reference_state_dict(trainer.model)
     assert all(torch.equal(before[k], after[k]) for k in before)
-    assert not c.optimizer.state  # no moments left over
+    assert not trainer.optimizer.state  # no moments left over
     assert torch.equal(rng, torch.get_rng_state())
+    assert trainer.step == 0 and trainer.scheduler.last_epoch == 0 and trainer.optimizer.param_groups[0]["lr"] == lr
 
 
-def test_grad_scaler_skips_float16_steps_with_infinite_gradients():
-    ctx = init_distributed("single", "cpu")
-    config = optimized()
-    config.optimizations.precision = "fp16"  # asked for explicitly: CPU autocast supports float16
-    config.hyperparameters.local_batch_size = 2
-    c = build_components(config, ctx, torch.device("cpu"))
-    assert c.scaler is not None
-    before = {k: v.clone() for k, v in c.model.state_dict().items() if k.endswith("weight")}
-    scale = c.scaler.get_scale()
-    inputs, labels, names = synthetic_batch(2, 16, 32, 48, torch.device("cpu"))
+def test_grad_scaler_skips_float16_steps_with_infinite_gradients(tiny_synthetic):
+    # fp16 asked for explicitly: CPU autocast supports float16.
+    config = optimized().replace(optimizations={"precision": "fp16"}, hyperparameters={"local_batch_size": 2})
+    trainer = trainer_for(config, tiny_synthetic, small_network())
+    assert trainer.scaler is not None
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items() if k.endswith("weight")}
+    scale = trainer.scaler.get_scale()
+    inputs, labels, _ = trainer.synthetic_batch(2)
     inputs[0, 0, 0, 0] = float("inf")
-    state = StepState()
-    train_epoch(c.net, [(inputs, labels, names)], criterion=c.criterion, optimizer=c.optimizer, scheduler=None,
-                grad_scaler=c.scaler, execution=c.execution, ctx=ctx, state=state, accumulation=1,
-                logging_frequency=0)
-    after = c.model.state_dict()
+    trainer.train_step(inputs, labels)
+    after = trainer.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # the step was skipped
-    assert c.scaler.get_scale() < scale  # and the scale backed off
+    assert trainer.scaler.get_scale() < scale  # and the scale backed off
+    trainer.train_step(*trainer.synthetic_batch(2)[:2])
+    assert not all(torch.equal(before[k], trainer.model.state_dict()[k]) for k in before)  # a finite step is taken
 
 
 @pytest.mark.slow
 def test_compiled_tiny_configuration_trains(tiny_synthetic, tmp_path):
+    # The compile path's mechanics (warm-up before init_stop, the log) on a small
+    # network: inductor on the full one costs minutes on 2 cores.
     result = train(parse_train_config(run_args("optimized", tiny_synthetic, tmp_path / "c", "--max_epochs", "1",
                                                "--local_batch_size", "8", "--compile", "on",
-                                               "--run_tag", "compiled")))
+                                               "--run_tag", "compiled")), model_factory=small_network)
     events = log_events(tmp_path / "c" / "logs" / "compiled.log")
     assert next(e["value"] for e in events if e["key"] == "fastcam_execution")["compile"] == "default"
     assert any(e["key"] == "fastcam_warmup_seconds" for e in events)

@@ -14,7 +14,7 @@ from fastcam.compare.package import UNKNOWN, build_package, check_package, regis
 from fastcam.compliance import failed_keys, run_checker
 from fastcam.errors import DataError
 from fastcam.train.cli import parse_train_config
-from fastcam.train.trainer import train
+from fastcam.train import train
 
 SYSTEM = "cpu2core"
 # What any run on synthetic data must fail: the data-set sizes (121266 / 15158

@@ -73,7 +73,7 @@ def test_bad_config_files_are_one_line_errors(tmp_path):
     with pytest.raises(ConfigError, match="cannot read"):
         cfg.Config.from_yaml(tmp_path / "missing.yaml")
     bad.write_text("hyperparameters:\n  local_batch_size: null\n")
-    with pytest.raises(ConfigError, match="local_batch_size: must not be null"):
+    with pytest.raises(ConfigError, match="local_batch_size must not be null"):
         cfg.Config.from_yaml(bad)
     bad.write_text("run:\n  seed: null\n  data_dir_prefix: null\n")  # fields that may be unset
     assert cfg.Config.from_yaml(bad).run.seed is None

@@ -17,7 +17,7 @@ from fastcam.compliance import failed_keys, run_checker
 from fastcam.model import to_reference_state_dict
 from fastcam.train import checkpoint
 from fastcam.train.cli import parse_train_config
-from fastcam.train.trainer import train
+from fastcam.train import train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -105,7 +105,7 @@ def test_bad_data_is_one_clear_line(tmp_path, capsys, workers):
 DRIVER = textwrap.dedent("""
     import json, sys, torch
     from fastcam.train.cli import parse_train_config
-    from fastcam.train.trainer import train
+    from fastcam.train import train
     from fastcam.model import to_reference_state_dict
     torch.set_num_threads(1)
     result = train(parse_train_config(sys.argv[2:]))

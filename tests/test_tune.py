@@ -25,7 +25,7 @@ from fastcam.cli import main
 from fastcam.config import Config, baseline, optimized
 from fastcam.errors import ConfigError, FastcamError, GuardError
 from fastcam.train.cli import parse_train_config
-from fastcam.train.trainer import EpochRecord
+from fastcam.train import EpochRecord
 from fastcam.tuning import heartbeat, objective, params, space as sp, study as st
 from fastcam.tuning.cli import worker_device
 

@@ -67,6 +67,16 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(cuda[0] if isinstance(cuda, (list, tuple)) else cuda)
 
 
+def hyperparameters_record(hp) -> dict[str, Any]:
+    """The hyperparameters as stored in a checkpoint and compared on resume:
+    plain lists and dicts (the format of every fastcam checkpoint so far)."""
+    import dataclasses
+
+    from fastcam.config import plain
+
+    return plain(dataclasses.asdict(hp))
+
+
 def save(path: str | os.PathLike, *, model, optimizer, scheduler, grad_scaler, step: int, epoch: int,
          hyperparameters: dict[str, Any], seed: int) -> Path:
     """Write atomically; returns the final path."""

@@ -24,12 +24,13 @@ import json
 import logging
 import os
 import sys
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable
 
 from mlperf_logging import mllog
 from mlperf_logging.mllog import constants
 
-from fastcam.config import canonical_optimizer
+from fastcam import schema
+from fastcam.config import Hyperparameters, Schedule
 from fastcam.errors import ConfigError
 
 Event = tuple[str, Any]
@@ -38,31 +39,14 @@ Event = tuple[str, Any]
 # are spelled as the reference and the hpc_3.0.0 rules spell them.
 NUMBER_OF_NODES = "number_of_nodes"
 ACCELERATORS_PER_NODE = "accelerators_per_node"
-LOCAL_BATCH_SIZE = "local_batch_size"
-GRADIENT_ACCUMULATION_FREQUENCY = "gradient_accumulation_frequency"
-BATCHNORM_GROUP_SIZE = "batchnorm_group_size"
-OPT_LR = "opt_lr"
-OPT_BETAS = "opt_betas"
-OPT_EPS = "opt_eps"
 OPT_BIAS_CORRECTION = "opt_bias_correction"
 OPT_GRAD_AVERAGING = "opt_grad_averaging"
 OPT_MAX_GRAD_NORM = "opt_max_grad_norm"
-SCHEDULER_TYPE = "scheduler_type"
-SCHEDULER_MILESTONES = "scheduler_milestones"
-SCHEDULER_DECAY_RATE = "scheduler_decay_rate"
-SCHEDULER_T_MAX = "scheduler_t_max"
-SCHEDULER_ETA_MIN = "scheduler_eta_min"
-SCHEDULER_LR_WARMUP_STEPS = "scheduler_lr_warmup_steps"
-SCHEDULER_LR_WARMUP_FACTOR = "scheduler_lr_warmup_factor"
 
 BENCHMARK = "deepcam"
 DIVISIONS = (constants.CLOSED, constants.OPEN)
 # hpc_3.0.0/common.yaml: submission_status in [cloud, onprem, preview, research]
 STATUSES = (constants.CLOUD, constants.ONPREM, "preview", constants.RESEARCH)
-SCHEDULE_KEYS = {
-    "multistep": ("milestones", "decay_rate"),
-    "cosine_annealing": ("t_max", "eta_min"),
-}
 # FusedLAMB clips the global gradient norm at 1.0 (spec: "LAMB means NVIDIA
 # apex FusedLAMB semantics"); closed_deepcam_lamb.yaml requires exactly 1.0.
 LAMB_MAX_GRAD_NORM = 1.0
@@ -191,71 +175,27 @@ def submission_events(platform: str, org: str, division: str, status: str,
     ]
 
 
-def hyperparameter_events(*, seed: int, global_batch_size: int, local_batch_size: int,
-                          gradient_accumulation_frequency: int, batchnorm_group_size: int,
-                          optimizer: str, start_lr: float, betas: Sequence[float], eps: float,
-                          weight_decay: float, schedule: dict[str, Any], warmup_steps: int,
-                          warmup_factor: float, train_samples: int,
+def hyperparameter_events(hp: Hyperparameters, *, seed: int, global_batch_size: int, train_samples: int,
                           eval_samples: int) -> list[Event]:
     """Every hyperparameter key the hpc_3.0.0 DeepCAM rules ask for.
 
-    ``schedule`` is ``{"type": "multistep", "milestones": [...], "decay_rate": x}``
-    or ``{"type": "cosine_annealing", "t_max": n, "eta_min": x}`` (``eta_min``
-    defaults to 0 as in the reference). ``local_batch_size`` is logged as an
-    extra key (the checker ignores keys it has no rule for) because the
-    submission table reports it.
+    The keys come from the config's declaration (each field's ``log_key`` in
+    fastcam.config; the schedule's keys are those of its type only), so a new
+    hyperparameter is logged by declaring it. ``local_batch_size`` is an extra
+    key (the checker ignores keys it has no rule for) the results table reports.
     """
-    opt_name = canonical_optimizer(optimizer)
-    if len(betas) != 2:
-        raise ConfigError(f"optimizer betas must be two numbers, got {list(betas)}")
-    events: list[Event] = [
-        (constants.SEED, int(seed)),
-        (constants.GLOBAL_BATCH_SIZE, int(global_batch_size)),
-        (LOCAL_BATCH_SIZE, int(local_batch_size)),
-        (GRADIENT_ACCUMULATION_FREQUENCY, int(gradient_accumulation_frequency)),
-        (BATCHNORM_GROUP_SIZE, int(batchnorm_group_size)),
-        (constants.OPT_NAME, opt_name),
-        (OPT_LR, float(start_lr)),
-        (OPT_BETAS, [float(b) for b in betas]),
-        (OPT_EPS, float(eps)),
-        (constants.OPT_WEIGHT_DECAY, float(weight_decay)),
-    ]
-    if opt_name == "LAMB":
-        events += [
-            (OPT_BIAS_CORRECTION, True),
-            (OPT_GRAD_AVERAGING, True),
-            (OPT_MAX_GRAD_NORM, LAMB_MAX_GRAD_NORM),
-        ]
-    events += _schedule_events(schedule)
-    events += [
-        (SCHEDULER_LR_WARMUP_STEPS, int(warmup_steps)),
-        (SCHEDULER_LR_WARMUP_FACTOR, float(warmup_factor)),
-        (constants.TRAIN_SAMPLES, int(train_samples)),
-        (constants.EVAL_SAMPLES, int(eval_samples)),
-    ]
+    events: list[Event] = [(constants.SEED, int(seed)), (constants.GLOBAL_BATCH_SIZE, int(global_batch_size))]
+    for name, p in schema.params(Hyperparameters):
+        if p.log_key is not None:
+            events.append((p.log_key, _jsonable(p.log_key, getattr(hp, name))))
+    if hp.optimizer == "LAMB":
+        events += [(OPT_BIAS_CORRECTION, True), (OPT_GRAD_AVERAGING, True), (OPT_MAX_GRAD_NORM, LAMB_MAX_GRAD_NORM)]
+    schedule = hp.lr_schedule.as_dict()
+    for name, p in schema.params(Schedule):
+        if name in schedule:
+            events.append((p.log_key, _jsonable(p.log_key, schedule[name])))
+    events += [(constants.TRAIN_SAMPLES, int(train_samples)), (constants.EVAL_SAMPLES, int(eval_samples))]
     return events
-
-
-def _schedule_events(schedule: dict[str, Any]) -> list[Event]:
-    kind = schedule.get("type") if isinstance(schedule, dict) else None
-    if kind not in SCHEDULE_KEYS:
-        raise ConfigError(f"LR schedule type must be one of {', '.join(SCHEDULE_KEYS)}, "
-                          f"got {kind!r}")
-    params = {k: v for k, v in schedule.items() if k != "type"}
-    if kind == "cosine_annealing":
-        params.setdefault("eta_min", 0.0)
-    unknown = sorted(set(params) - set(SCHEDULE_KEYS[kind]))
-    missing = [k for k in SCHEDULE_KEYS[kind] if k not in params]
-    if unknown or missing:
-        raise ConfigError(f"LR schedule {kind} takes {', '.join(SCHEDULE_KEYS[kind])}; "
-                          f"missing {missing or 'none'}, unknown {unknown or 'none'}")
-    if kind == "multistep":
-        return [(SCHEDULER_TYPE, kind),
-                (SCHEDULER_MILESTONES, [int(m) for m in params["milestones"]]),
-                (SCHEDULER_DECAY_RATE, float(params["decay_rate"]))]
-    return [(SCHEDULER_TYPE, kind),
-            (SCHEDULER_T_MAX, int(params["t_max"])),
-            (SCHEDULER_ETA_MIN, float(params["eta_min"]))]
 
 
 def _jsonable(key: str, value: Any) -> Any:

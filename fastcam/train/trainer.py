@@ -1,43 +1,61 @@
-"""The training run: wire-up, init, the timed epochs, the MLPerf log.
+"""The Trainer: one network's training step, epoch, evaluation, warm-up and fit.
 
-The order of events follows the MLCommons reference trainer (``train.py``,
-``driver/trainer.py``, ``driver/validation.py``, ``utils/mlperf_log_utils.py``)
-where the compliance rules of mlperf_logging hpc 3.0.0 allow: the submission
-keys, then (staging, outside the timed region, before ``init_start``: staging
-the real set can outlast the 30 minutes the checker allows for init)
-``init_start``, ``cache_clear``, ``number_of_ranks``, the hyperparameter keys,
-``init_stop``, ``run_start``; per epoch ``epoch_start``, the last batch's
-``learning_rate``/``train_accuracy``/``train_loss``, then the evaluation
-*inside* the epoch (``eval_start``, ``eval_accuracy``, ``eval_loss``,
-``target_accuracy_reached`` when the target is met, ``eval_stop``) and
-``epoch_stop``; finally ``run_stop`` with ``status`` success (target reached)
-or aborted. Timed keys are surrounded by barriers so rank 0's timestamps
-cover every rank.
+Built from a run plan (fastcam.train.plan), it applies the execution in
+fastcam.train.execution's documented order and owns the pieces a step needs.
+Semantics follow the MLCommons reference trainer (``driver/trainer.py``,
+``driver/validation.py``):
+
+- the loss is divided by the gradient accumulation frequency; the optimizer
+  and the LR schedule step once every ``accumulation`` micro-batches;
+- ``logging_frequency`` N > 0: every N optimizer steps, callbacks get the LR
+  that step used and the rank-averaged loss and IoU of its batch; at the end of
+  every epoch the same three values for the epoch's *last* batch (the
+  reference's end-of-epoch ``train_loss`` is the last batch's, not a mean);
+- evaluation runs the whole validation shard; per-sample IoU and loss sums and
+  the sample count are all-reduced, so the accuracy is the mean over the
+  *whole* validation set.
+
+Losses are accumulated on the device so no step waits for the host. The
+network is injectable (``model=``) so that tests of the loop mechanics can use
+a small one; ``fastcam.model`` stays the reference network.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import sys
+import copy
 import time
-from datetime import timedelta
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable, Protocol
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import torch
 
-from fastcam import distributed, guard
-from fastcam.config import Config
-from fastcam.errors import CheckpointError
-from fastcam.train import checkpoint, mlperf
-from fastcam.train.inputs import build_loaders, stage_inputs
-from fastcam.train.execution import resolve_device
-from fastcam.train.loop import StepState, evaluate, train_epoch
-from fastcam.train.setup import build_components, warm_up
+from fastcam import distributed
+from fastcam.data.layout import NUM_CLASSES
+from fastcam.loss import WeightedCrossEntropy
+from fastcam.metric import per_sample_iou
+from fastcam.model import build_model
+from fastcam.train import checkpoint
+from fastcam.train.execution import compile_model, place_batch, place_model
+from fastcam.train.optim import build_optimizer
+from fastcam.train.plan import RunPlan
+from fastcam.train.schedule import build_scheduler
 
-ORG = "fastcam"
-PROCESS_GROUP_TIMEOUT = timedelta(hours=2)
+
+@dataclass
+class EpochResult:
+    loss: float  # mean over the epoch's batches, all ranks (console and tuning)
+    iou: float  # the last batch's, all ranks
+    samples: int  # global samples trained this epoch
+    steps: int
+    last_loss: float = float("nan")  # the last batch's loss, all ranks (what the MLPerf log records)
+    last_lr: float = float("nan")  # the LR the last optimizer step used
+
+
+@dataclass
+class EvalResult:
+    iou: float
+    loss: float
+    samples: int  # evaluated, all ranks together
 
 
 @dataclass
@@ -49,223 +67,195 @@ class EpochRecord:
     eval_iou: float
     eval_loss: float
     samples_per_s: float  # training throughput of this epoch, all ranks
-    elapsed_s: float  # since run_start
-    eval_samples: int  # validation samples evaluated, all ranks together
+    elapsed_s: float  # since the start of fit
+    eval_samples: int
 
 
-class Callback(Protocol):
-    """Called on every rank after each epoch's evaluation; may raise to stop the
-    run (tuning raises optuna.TrialPruned). Not called for skipped epochs."""
+class Callback:
+    """Hooks of :meth:`Trainer.fit`, called on every rank; any may raise to stop
+    the run (tuning raises optuna.TrialPruned from ``on_epoch_end``)."""
 
-    def on_epoch_end(self, record: EpochRecord) -> None: ...
-
-
-@dataclass
-class TrainResult:
-    reached: bool
-    epochs: int
-    best_iou: float
-    minutes_to_target: float | None
-    total_minutes: float
-    log_path: Path
-    seed: int
-    checkpoint_path: Path | None
-    history: list[EpochRecord] = field(default_factory=list)
-    model: torch.nn.Module | None = None  # the trained network (unwrapped), for callers and tests
+    def on_fit_start(self, trainer: "Trainer") -> None: ...
+    def on_epoch_start(self, trainer: "Trainer", epoch: int) -> None: ...
+    def on_step_logged(self, trainer: "Trainer", epoch: int, step: int, lr: float, loss: float, iou: float) -> None: ...
+    def on_train_end(self, trainer: "Trainer", epoch: int, result: EpochResult) -> None: ...
+    def on_eval_start(self, trainer: "Trainer", epoch: int) -> None: ...
+    def on_eval_end(self, trainer: "Trainer", epoch: int, result: EvalResult, reached: bool) -> None: ...
+    def on_epoch_end(self, trainer: "Trainer", record: EpochRecord) -> None: ...
+    def on_fit_end(self, trainer: "Trainer", reached: bool) -> None: ...
 
 
-def log_path_for(config: Config) -> Path:
-    return Path(config.run.output_dir) / "logs" / f"{config.run.run_tag}.log"
+class Trainer:
+    def __init__(self, plan: RunPlan, ctx, model: torch.nn.Module | None = None):
+        """Steps 1-6 of fastcam.train.execution; call after seeding the RNG."""
+        hp, ex = plan.hyperparameters, plan.execution
+        self.plan, self.ctx, self.execution = plan, ctx, ex
+        model = model if model is not None else build_model(len(hp.channels), NUM_CLASSES)
+        model = place_model(model, ex)
+        self.model = distributed.convert_batchnorm(model, ctx, hp.batchnorm_group_size, ex.device)
+        self.optimizer = build_optimizer(self.model.parameters(), hp.optimizer, hp.start_lr,
+                                         betas=tuple(hp.optimizer_betas), eps=hp.optimizer_eps,
+                                         weight_decay=hp.weight_decay, fused=ex.fused_optimizer)
+        self.scheduler = build_scheduler(self.optimizer, hp.lr_schedule.as_dict(), hp.lr_warmup_steps,
+                                         hp.lr_warmup_factor)
+        self.scaler = torch.amp.GradScaler(ex.device.type) if ex.grad_scaler else None
+        wrapped = distributed.wrap_model(self.model, ctx, ex.device, hp.batchnorm_group_size)
+        self.net = compile_model(wrapped, ex)
+        self.criterion = WeightedCrossEntropy().to(ex.device)
+        self.step = 0  # optimizer steps taken
+        self._micro = 0  # micro-batches since the last optimizer step
 
+    # -- one step --------------------------------------------------------------
+    def train_step(self, inputs: torch.Tensor, labels: torch.Tensor):
+        """Forward and backward of one micro-batch; the optimizer and LR schedule
+        step when the accumulation is complete. Returns (loss, logits, labels)
+        on the device, the loss not divided by the accumulation."""
+        accumulation = self.plan.hyperparameters.gradient_accumulation_frequency
+        inputs, labels = place_batch(inputs, labels, self.execution)
+        with self.execution.autocast():
+            logits = self.net(inputs)
+            loss = self.criterion(logits, labels) / accumulation
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+        else:
+            loss.backward()
+        self._micro += 1
+        if self._micro == accumulation:
+            self._micro = 0
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            self.last_lr = self.optimizer.param_groups[0]["lr"]  # what this step used (reference: get_last_lr())
+            self.scheduler.step()
+        return loss.detach() * accumulation, logits, labels
 
-def train(config: Config, callbacks: tuple[Callback, ...] = (), echo: Callable[[str], None] | None = None) -> TrainResult:
-    config.validate()
-    guard.check(config)
-    if config.run.data_dir_prefix is None:
-        from fastcam.train.default_data import default_dataset
+    def train_epoch(self, batches: Iterable, epoch: int = 0, callbacks: Sequence[Callback] = ()) -> EpochResult:
+        self.net.train()
+        frequency = self.plan.hyperparameters.logging_frequency
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.execution.device)
+        micro, last = 0, None
+        self.last_lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.zero_grad(set_to_none=True)
+        self._micro = 0
+        for inputs, labels, _ in batches:
+            step_before = self.step
+            loss, logits, labels = self.train_step(inputs, labels)
+            loss_sum += loss.double()
+            micro += 1
+            last = (loss, logits, labels)
+            if frequency > 0 and self.step != step_before and self.step % frequency == 0 and callbacks:
+                loss_avg, iou_avg = _rank_mean(self.ctx, loss, _batch_iou(logits, labels))
+                for cb in callbacks:
+                    cb.on_step_logged(self, epoch, self.step, self.last_lr, loss_avg, iou_avg)
+        if micro == 0:
+            return EpochResult(float("nan"), float("nan"), 0, 0)
+        loss, logits, labels = last
+        loss_mean, iou_last, loss_last = _rank_mean(self.ctx, loss_sum / micro, _batch_iou(logits, labels), loss)
+        accumulation = self.plan.hyperparameters.gradient_accumulation_frequency
+        return EpochResult(loss_mean, iou_last, micro * labels.shape[0] * self.ctx.world_size, micro // accumulation,
+                           loss_last, self.last_lr)
 
-        config = dataclasses.replace(config, run=dataclasses.replace(config.run, data_dir_prefix=str(default_dataset())))
-    device = resolve_device(config.run.device)
-    # Collectives wait on the slowest rank's staging (before init_start): allow
-    # far longer than NCCL's 10-minute default before declaring a hang.
-    ctx = distributed.init_distributed(config.run.wireup_method, device.type, timeout=PROCESS_GROUP_TIMEOUT)
-    try:
-        device = resolve_device(config.run.device, ctx.local_rank)
-        if device.type == "cuda":
-            torch.cuda.set_device(device)  # an explicit cuda:K must also be the current device
-        return _train(config, ctx, device, callbacks, echo)
-    finally:
-        distributed.shutdown(ctx)
+    @torch.no_grad()
+    def evaluate(self, batches: Iterable) -> EvalResult:
+        """Mean IoU and loss over the whole validation set, all ranks."""
+        self.net.eval()
+        totals = torch.zeros(3, dtype=torch.float64, device=self.execution.device)  # iou sum, loss sum, count
+        for inputs, labels, _ in batches:
+            inputs, labels = place_batch(inputs, labels, self.execution)
+            with self.execution.autocast():
+                logits = self.net(inputs)
+                loss = self.criterion(logits, labels)
+            totals[0] += per_sample_iou(logits.argmax(dim=1), labels, logits.shape[1]).sum()
+            totals[1] += loss.detach().double() * labels.shape[0]
+            totals[2] += labels.shape[0]
+        distributed.all_reduce_sum(totals, self.ctx)
+        iou_sum, loss_sum, count = totals.tolist()
+        if count == 0:
+            return EvalResult(float("nan"), float("nan"), 0)
+        return EvalResult(iou_sum / count, loss_sum / count, int(count))
 
+    # -- around the timed region ------------------------------------------------
+    def warm_up(self, steps: int = 2) -> float:
+        """Run ``steps`` training steps and one batch-1 evaluation on random
+        tensors of the plan's shape and input dtype (so compiled graphs do not
+        recompile on the first real batch), then restore every piece of state
+        (weights, BN statistics, optimizer, scaler, RNG, counters): the run's
+        trajectory is exactly as if no warm-up had happened. Returns seconds."""
+        start = time.perf_counter()
+        saved = (copy.deepcopy(self.model.state_dict()), copy.deepcopy(self.optimizer.state_dict()),
+                 copy.deepcopy(self.scaler.state_dict()) if self.scaler is not None else None,
+                 copy.deepcopy(self.scheduler.state_dict()), checkpoint.rng_state(), self.step)
+        hp = self.plan.hyperparameters
+        batches = [self.synthetic_batch(hp.local_batch_size) for _ in range(steps)]
+        self.train_epoch(batches)
+        self.evaluate([self.synthetic_batch(1)])
+        if self.execution.device.type == "cuda":
+            torch.cuda.synchronize(self.execution.device)
+        model_state, optimizer_state, scaler_state, scheduler_state, rng, step = saved
+        self.model.load_state_dict(model_state)
+        self.optimizer.load_state_dict(optimizer_state)
+        if self.scaler is not None:
+            self.scaler.load_state_dict(scaler_state)
+        self.scheduler.load_state_dict(scheduler_state)
+        checkpoint.set_rng_state(rng)
+        self.step = step
+        self.optimizer.zero_grad(set_to_none=True)
+        return time.perf_counter() - start
 
-def _train(config: Config, ctx, device, callbacks, echo) -> TrainResult:
-    say = (echo or _print) if ctx.is_main else (lambda _msg: None)
-    hp, run = config.hyperparameters, config.run
-    log_path = log_path_for(config)
-    if ctx.is_main:
-        _move_aside(log_path, say)
-    distributed.barrier(ctx)
-    logger = mlperf.MLPerfLogger(log_path, rank=ctx.rank)
-    status = "aborted"
-    try:
-        division = "open" if config.open_division else "closed"
-        mlperf.log_events(logger, mlperf.submission_events(
-            distributed.describe_platform(ctx, device), ORG, division, "onprem",
-            ctx.num_nodes, ctx.local_size if device.type == "cuda" else 0))
-        staged_root = stage_inputs(config, ctx, logger, say)
-        logger.start("init_start")
-        logger.event("cache_clear", True)
-        logger.event("number_of_ranks", ctx.world_size)
-        seed = run.seed if run.seed is not None else distributed.broadcast_object(1 + int(time.time() * 1000) % (2**31 - 1), ctx)
-        resume = checkpoint.load(run.checkpoint) if run.checkpoint else None
-        if resume is not None and resume.get("seed") is not None:
-            # The data order is drawn from seed + epoch: resuming under another seed is not exact.
-            if run.seed is not None and run.seed != int(resume["seed"]):
-                raise CheckpointError(f"{run.checkpoint}: checkpoint was written with seed {resume['seed']}, "
-                                      f"this run has --seed {run.seed}; drop --seed to continue exactly")
-            seed = int(resume["seed"])
-        torch.manual_seed(seed)
-        c = build_components(config, ctx, device)
-        execution, model, net, optimizer, scheduler, scaler, criterion = (
-            c.execution, c.model, c.net, c.optimizer, c.scheduler, c.scaler, c.criterion)
-        state, start_epoch = StepState(), 0
-        hyper_dict = dataclasses.asdict(hp)
-        if resume is not None:
-            state.step, start_epoch = checkpoint.restore(resume, run.checkpoint, model=model, optimizer=optimizer,
-                                                         scheduler=scheduler, grad_scaler=scaler,
-                                                         hyperparameters=hyper_dict)
-            say(f"resumed from {run.checkpoint}: epoch {start_epoch}, step {state.step}")
-        loaders = build_loaders(config, ctx, device, seed, staged_root)
+    def synthetic_batch(self, batch_size: int):
+        """Random inputs and labels of the plan's shape and input dtype."""
+        height, width = self.plan.sample_shape
+        device, channels = self.execution.device, len(self.plan.hyperparameters.channels)
+        inputs = torch.rand(batch_size, channels, height, width, device=device).to(self.plan.input_dtype)
+        labels = torch.randint(0, NUM_CLASSES, (batch_size, height, width), device=device)
+        return inputs, labels, ["synthetic"] * batch_size
 
-        mlperf.log_events(logger, mlperf.hyperparameter_events(
-            seed=seed, global_batch_size=hp.local_batch_size * ctx.world_size * hp.gradient_accumulation_frequency,
-            local_batch_size=hp.local_batch_size, gradient_accumulation_frequency=hp.gradient_accumulation_frequency,
-            batchnorm_group_size=hp.batchnorm_group_size, optimizer=hp.optimizer, start_lr=hp.start_lr,
-            betas=hp.optimizer_betas, eps=hp.optimizer_eps, weight_decay=hp.weight_decay,
-            schedule=hp.lr_schedule.as_dict(), warmup_steps=hp.lr_warmup_steps, warmup_factor=hp.lr_warmup_factor,
-            train_samples=loaders.train_samples, eval_samples=loaders.validation_samples))
-        if execution.warm_up:
-            height, width = loaders.sample_shape
-            seconds = warm_up(c, ctx, batch_size=hp.local_batch_size, channels=len(hp.channels),
-                              height=height, width=width,
-                              input_dtype=loaders.input_dtype)
-            say(f"warm-up (compile/autotune) took {seconds:.1f} s, outside the timed region")
-            logger.event("fastcam_warmup_seconds", round(seconds, 3))
-        mlperf.log_events(logger, [("fastcam_mode", config.mode), ("fastcam_max_epochs", run.max_epochs),
-                                   ("fastcam_target_iou", run.target_iou),
-                                   ("fastcam_execution", execution.switches())])
-        say(f"fastcam train --mode {config.mode}: {ctx.world_size} rank(s) on {device}, "
-            f"{loaders.train_samples} train / {loaders.validation_samples} validation samples "
-            f"of {loaders.sample_shape[0]}x{loaders.sample_shape[1]}, seed {seed}, log {log_path}")
-
-        distributed.barrier(ctx)
-        logger.end("init_stop")
-        distributed.barrier(ctx)
-        logger.start("run_start")
-        run_start = time.perf_counter()
-        history: list[EpochRecord] = []
-        reached_at: float | None = None
-
-        def log_step(step, lr, loss, iou):
-            meta = {"epoch_num": epoch + 1, "step_num": step}
-            logger.event("learning_rate", lr, meta)
-            logger.event("train_accuracy", iou, meta)
-            logger.event("train_loss", loss, meta)
-
+    # -- the epochs ----------------------------------------------------------------
+    def fit(self, loaders, callbacks: Sequence[Callback] = (), start_epoch: int = 0) -> list[EpochRecord]:
+        """Train epochs until the target IoU or ``max_epochs``; evaluation inside
+        each epoch, as the reference does. Returns one record per epoch run."""
+        run = self.plan.run
+        for cb in callbacks:
+            cb.on_fit_start(self)
+        start, history, reached = time.perf_counter(), [], False
         for epoch in range(start_epoch, run.max_epochs):
-            meta = {"epoch_num": epoch + 1}
-            distributed.barrier(ctx)
-            logger.start("epoch_start", metadata={**meta, "step_num": state.step})
+            for cb in callbacks:
+                cb.on_epoch_start(self, epoch)
             loaders.set_epoch(epoch)
             t0 = time.perf_counter()
-            result = train_epoch(net, loaders.train, criterion=criterion, optimizer=optimizer, scheduler=scheduler,
-                                 grad_scaler=scaler, execution=execution, ctx=ctx, state=state,
-                                 accumulation=hp.gradient_accumulation_frequency,
-                                 logging_frequency=hp.logging_frequency, log_step=log_step)
+            result = self.train_epoch(loaders.train, epoch, callbacks)
             train_s = time.perf_counter() - t0
-            log_step(state.step, result.last_lr, result.last_loss, result.iou)
-            distributed.average_batchnorm_stats(model, ctx)
-            distributed.barrier(ctx)
-            logger.start("eval_start", metadata=meta)
-            eval_iou, eval_loss, eval_count = evaluate(net, loaders.validation, criterion=criterion,
-                                                       execution=execution, ctx=ctx)
-            logger.event("eval_accuracy", eval_iou, {**meta, "step_num": state.step})
-            logger.event("eval_loss", eval_loss, {**meta, "step_num": state.step})
-            reached = eval_iou >= run.target_iou
-            if reached:
-                logger.event("target_accuracy_reached", run.target_iou, {**meta, "step_num": state.step})
-            logger.end("eval_stop", metadata=meta)
-            distributed.barrier(ctx)
-            logger.end("epoch_stop", metadata={**meta, "step_num": state.step})
-            record = EpochRecord(epoch + 1, state.step, result.loss, result.iou, eval_iou, eval_loss,
-                                 result.samples / train_s if train_s > 0 else 0.0, time.perf_counter() - run_start,
-                                 eval_count)
+            for cb in callbacks:
+                cb.on_train_end(self, epoch, result)
+            distributed.average_batchnorm_stats(self.model, self.ctx)
+            for cb in callbacks:
+                cb.on_eval_start(self, epoch)
+            evaluation = self.evaluate(loaders.validation)
+            reached = evaluation.iou >= run.target_iou
+            for cb in callbacks:
+                cb.on_eval_end(self, epoch, evaluation, reached)
+            record = EpochRecord(epoch + 1, self.step, result.loss, result.iou, evaluation.iou, evaluation.loss,
+                                 result.samples / train_s if train_s > 0 else 0.0, time.perf_counter() - start,
+                                 evaluation.samples)
             history.append(record)
-            say(_epoch_line(record, run.max_epochs))
-            if (epoch + 1) % hp.save_frequency == 0 and ctx.is_main:
-                _save(Path(run.output_dir) / f"{run.model_prefix}_step_{state.step}.cpt", model, optimizer,
-                      scheduler, scaler, state, epoch + 1, hyper_dict, seed, say)
-            for callback in callbacks:
-                callback.on_epoch_end(record)
+            for cb in callbacks:
+                cb.on_epoch_end(self, record)
             if reached:
-                reached_at = record.elapsed_s
-                status = "success"
                 break
-        distributed.barrier(ctx)
-        logger.end("run_stop", metadata={"status": status})
-        total_s = time.perf_counter() - run_start
-    except BaseException:
-        if logger.active:
-            logger.end("run_stop", metadata={"status": "aborted"})
-        raise
-    finally:
-        logger.close()
-
-    last_ckpt = None
-    last_epoch = history[-1].epoch if history else start_epoch
-    if ctx.is_main:
-        last_ckpt = _save(Path(run.output_dir) / f"{run.model_prefix}_{run.run_tag}_last.cpt", model, optimizer,
-                          scheduler, scaler, state, last_epoch, hyper_dict, seed, say)
-    distributed.barrier(ctx)
-    best = max((r.eval_iou for r in history), default=float("nan"))
-    result = TrainResult(reached_at is not None, last_epoch, best,
-                         None if reached_at is None else reached_at / 60, total_s / 60, log_path, seed, last_ckpt,
-                         history, model)
-    say(_summary(result, run.target_iou))
-    return result
+        for cb in callbacks:
+            cb.on_fit_end(self, reached)
+        return history
 
 
-def _save(path, model, optimizer, scheduler, scaler, state, epoch, hyper_dict, seed, say) -> Path:
-    _move_aside(path, say)  # another run's checkpoint of the same name is kept, not overwritten
-    return checkpoint.save(path, model=model, optimizer=optimizer, scheduler=scheduler, grad_scaler=scaler,
-                           step=state.step, epoch=epoch, hyperparameters=hyper_dict, seed=seed)
+def _batch_iou(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return per_sample_iou(logits.detach().argmax(dim=1), labels, logits.shape[1]).mean()
 
 
-def _move_aside(path: Path, say) -> None:
-    """Never overwrite an earlier run's log or checkpoint: keep it under a timestamped name."""
-    if path.exists():
-        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(path.stat().st_mtime))
-        kept = path.with_name(f"{path.stem}.{stamp}{path.suffix}")
-        n = 1
-        while kept.exists():
-            kept, n = path.with_name(f"{path.stem}.{stamp}-{n}{path.suffix}"), n + 1
-        path.rename(kept)
-        say(f"kept the previous {path.name} as {kept}")
-
-
-def _epoch_line(r: EpochRecord, max_epochs: int) -> str:
-    return (f"epoch {r.epoch:3d}/{max_epochs}  step {r.step:6d}  train_loss {r.train_loss:.4f}  "
-            f"train_iou {r.train_iou:.4f}  eval_iou {r.eval_iou:.4f}  {r.samples_per_s:7.1f} samples/s  "
-            f"elapsed {r.elapsed_s / 60:6.2f} min")
-
-
-def _summary(result: TrainResult, target: float) -> str:
-    if result.reached:
-        head = f"reached eval IoU {target} after {result.epochs} epochs in {result.minutes_to_target:.2f} min"
-    else:
-        head = f"target {target} not reached in {result.epochs} epochs; best eval IoU {result.best_iou:.4f}"
-    return f"{head} (run {result.total_minutes:.2f} min, log {result.log_path})"
-
-
-def _print(msg: str) -> None:
-    print(msg, file=sys.stdout, flush=True)
+def _rank_mean(ctx, *values: torch.Tensor) -> list[float]:
+    stacked = torch.stack([v.double() for v in values])
+    distributed.all_reduce_sum(stacked, ctx)
+    return (stacked / ctx.world_size).tolist()
