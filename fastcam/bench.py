@@ -1,22 +1,29 @@
-"""``fastcam bench``: training-step, loader and whole-epoch throughput, one process, one device.
+"""``fastcam bench``: training-step, evaluation, loader and whole-epoch throughput, one process.
+
+Takes ``fastcam train``'s flags (``--device``, ``--local_batch_size``,
+``--max_inter_threads``, ``--precision``, ``--compile``, ...): run settings and
+hyperparameters apply to both modes, execution flags to the optimized mode
+only (the baseline is the reference's execution). Each mode is measured
+through the same plan and Trainer that ``fastcam train`` runs.
 
 Parts (``--parts``, default all):
 
-- ``step``: the training step of the baseline configuration and of the
-  optimized one on synthetic tensors (samples/s, ms/step, peak memory,
-  achieved TFLOP/s from 1.97 TFLOP per 768x1152 sample scaled by image area);
-- ``loader``: the reference HDF5 reader (DataLoader with ``--workers``) and the
-  staged loader (after staging, timed separately), no training;
-- ``epoch``: loader plus step for each mode over ``--steps`` batches, no evaluation.
+- ``step``: ``Trainer.train_step`` on synthetic tensors (samples/s, ms/step,
+  peak memory, TFLOP/s from 1.97 TFLOP per 768x1152 sample scaled by area,
+  warm-up seconds, the optimizer implementation, host reads per step);
+- ``eval``: ``Trainer.evaluate`` at the validation batch (samples/s);
+- ``loader``: the reference HDF5 reader, the staged loader and DALI (after
+  staging, timed separately), no training;
+- ``epoch``: each mode's own loader plus step over ``--steps`` batches.
 
-Both modes run the trainer's own code (fastcam.train.setup / loop), so what is
-measured is what ``fastcam train`` executes. Prints a table, writes JSON.
+Prints a table; the JSON (``bench_schema`` 2, read by ``fastcam project``) is
+rewritten after every measurement, so a crash keeps what was measured.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import itertools
 import json
 import platform
 import resource
@@ -24,156 +31,178 @@ import tempfile
 import time
 from pathlib import Path
 
+BENCH_SCHEMA = 2
 FLOP_PER_FULL_SAMPLE = 1.97e12  # forward + backward, 768x1152 (shared/spec/model.md)
 FULL_AREA = 768 * 1152
-PARTS = ("step", "loader", "epoch")
+PARTS = ("step", "eval", "loader", "epoch")
 MODES = ("baseline", "optimized")
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("bench", help="measure step, loader and epoch throughput (table + JSON)",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    p.add_argument("--height", type=int, default=768)
-    p.add_argument("--width", type=int, default=1152)
-    p.add_argument("--batch-size", type=int, default=8, help="local batch size (default 8)")
-    p.add_argument("--steps", type=int, default=20, help="timed steps/batches per measurement (default 20)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
-    p.add_argument("--parts", default=",".join(PARTS), help=f"comma list of {', '.join(PARTS)}")
-    p.add_argument("--modes", default=",".join(MODES), help="comma list of baseline, optimized")
-    p.add_argument("--data", help="data set for the loader/epoch parts (default: synthesize one)")
-    p.add_argument("--workers", type=int, default=4, help="reference loader workers (default 4)")
-    p.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
-                   help="torch.compile for the optimized mode (default auto: CUDA only)")
-    p.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16"), default="auto",
-                   help="optimized mode's precision (default auto: fp16 on CUDA, fp32 on CPU)")
-    p.add_argument("--json", default="bench.json", help="write results here (default bench.json)")
+    from fastcam.train.cli import add_config_arguments
+
+    p = subparsers.add_parser("bench", help="measure step, evaluation, loader and epoch throughput (table + JSON)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                              argument_default=argparse.SUPPRESS)
+    g = p.add_argument_group("bench")
+    g.add_argument("--height", type=int, default=768)
+    g.add_argument("--width", type=int, default=1152)
+    g.add_argument("--steps", type=int, default=20, help="timed steps/batches per measurement (default 20)")
+    g.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
+    g.add_argument("--parts", default=",".join(PARTS), help=f"comma list of {', '.join(PARTS)}")
+    g.add_argument("--modes", default=",".join(MODES), help="comma list of baseline, optimized")
+    g.add_argument("--data", default=None, help="data set for the loader/epoch parts (default: synthesize one)")
+    g.add_argument("--json", default="bench.json", help="write results here (default bench.json)")
+    add_config_arguments(p, with_mode=False)
     p.set_defaults(func=run_bench)
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from fastcam.config import atomic_write_text
     from fastcam.errors import ConfigError
 
     parts = _split(args.parts, PARTS, "--parts")
     modes = _split(args.modes, MODES, "--modes")
     if args.height % 16 or args.width % 16 or args.height <= 0 or args.width <= 0:
         raise ConfigError(f"--height/--width must be positive multiples of 16, got {args.height}x{args.width}")
-    if args.steps < 1 or args.warmup < 0 or args.batch_size < 1:
-        raise ConfigError("--steps and --batch-size must be >= 1 and --warmup >= 0")
-    results = measure(args, parts, modes)
+    if args.steps < 1 or args.warmup < 0:
+        raise ConfigError("--steps must be >= 1 and --warmup >= 0")
+    configs = {mode: bench_config(mode, args) for mode in modes}  # bad flags fail before any work
+    results = measure(args, parts, configs)
     print(format_table(results))
-    atomic_write_text(args.json, json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.json}")
     return 0
 
 
-def measure(args, parts, modes) -> dict:
+def bench_config(mode: str, args: argparse.Namespace):
+    """The mode's recipe with the given flags (execution flags: optimized only)."""
+    from fastcam import schema
+    from fastcam.config import SECTIONS, Config, recipe
+    from fastcam.errors import ConfigError
+
+    sections = tuple(s for s in SECTIONS if mode == "optimized" or s != "optimizations")
+    data = schema.collect(args, sections)
+    try:
+        return Config.from_dict(data, base=recipe(mode), source="command line")
+    except ConfigError as err:
+        raise ConfigError(f"{mode} mode: {err}") from None
+
+
+def measure(args, parts, configs) -> dict:
     import torch
 
+    from fastcam import __version__
+    from fastcam.distributed import init_distributed
     from fastcam.train.execution import resolve_device
 
-    device = resolve_device(args.device)
-    results = {"device": _device_name(device), "torch": torch.__version__, "host": platform.node(),
-               "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "height": args.height, "width": args.width,
-               "batch_size": args.batch_size, "steps": args.steps, "warmup": args.warmup,
-               "step": {}, "loader": {}, "epoch": {}}
-    configs = {mode: _config(mode, args) for mode in modes}
-    if "step" in parts:
+    any_config = next(iter(configs.values()))
+    device = resolve_device(any_config.run.device)
+    batch = any_config.hyperparameters.local_batch_size
+    results = {"bench_schema": BENCH_SCHEMA, "fastcam_version": __version__, "device": _device_name(device),
+               "torch": torch.__version__, "host": platform.node(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+               "height": args.height, "width": args.width, "batch_size": batch, "steps": args.steps,
+               "warmup": args.warmup, "step": {}, "eval": {}, "loader": {}, "epoch": {}}
+    ctx = init_distributed("single", device.type)
+    with tempfile.TemporaryDirectory(prefix="fastcam-bench-") as tmp:
+        data = Path(args.data) if args.data else _synthesize(Path(tmp) / "data", args, batch)
         for mode, config in configs.items():
-            results["step"][mode] = _bench_step(config, device, args)
-    if "loader" in parts or "epoch" in parts:
-        with tempfile.TemporaryDirectory(prefix="fastcam-bench-") as tmp:
-            data = Path(args.data) if args.data else _synthesize(Path(tmp) / "data", args)
-            staged_root = Path(tmp) / "staged"
-            if "loader" in parts:
-                results["loader"] = _bench_loaders(data, staged_root, device, args)
-            if "epoch" in parts:
-                for mode, config in configs.items():
-                    results["epoch"][mode] = _bench_epoch(config, data, staged_root, device, args)
+            config = config.replace(run={"stage_dir": str(Path(tmp) / f"staged-{mode}")})
+            for part in ("step", "eval", "epoch"):
+                if part in parts:
+                    results[part][mode] = PART_FUNCTIONS[part](config, ctx, device, data, args)
+                    _write(args.json, results)
+        if "loader" in parts:
+            results["loader"] = _bench_loaders(any_config, ctx, device, data, Path(tmp) / "staged-loaders", args)
+            _write(args.json, results)
     return results
 
 
-def _config(mode: str, args):
-    from fastcam.config import recipe
-
-    config = recipe(mode)
-    config.run.device = args.device
-    config.hyperparameters.local_batch_size = args.batch_size
-    if mode == "optimized":
-        config.optimizations.compile = args.compile
-        config.optimizations.precision = args.precision
-    return config.validate()
-
-
-def _single(device):
-    from fastcam.distributed import init_distributed
-
-    return init_distributed("single", device.type)
-
-
-def _timed_steps(c, ctx, batches, args) -> float:
-    """Seconds for ``args.steps`` training steps through the trainer's own loop,
-    after ``args.warmup`` untimed ones; ``batches`` is any iterable of batches."""
-    import itertools
-
-    from fastcam.train.loop import StepState, train_epoch
-
-    kwargs = dict(criterion=c.criterion, optimizer=c.optimizer, scheduler=c.scheduler, grad_scaler=c.scaler,
-                  execution=c.execution, ctx=ctx, state=StepState(), accumulation=1, logging_frequency=0)
-    iterator = iter(batches)
-    if args.warmup:
-        train_epoch(c.net, list(itertools.islice(iterator, args.warmup)), **kwargs)
-    _sync(c.execution.device)
-    start = time.perf_counter()
-    result = train_epoch(c.net, itertools.islice(iterator, args.steps), **kwargs)
-    _sync(c.execution.device)
-    if result.steps < args.steps:
-        from fastcam.errors import DataError
-
-        raise DataError(f"the loader delivered only {args.warmup + result.steps} batches; "
-                        f"need --warmup + --steps = {args.warmup + args.steps}")
-    return time.perf_counter() - start
-
-
-def _bench_step(config, device, args) -> dict:
+def _trainer(config, ctx, device, data):
     import torch
 
-    from fastcam.train.inputs import input_dtype
-    from fastcam.train.setup import build_components, synthetic_batch, warm_up
+    from fastcam.train import Trainer
+    from fastcam.train.plan import resolve_plan
 
     torch.manual_seed(0)
-    ctx = _single(device)
-    c = build_components(config, ctx, device)
-    dtype = input_dtype(config)
+    return Trainer(resolve_plan(config, ctx, device, data_dir=data), ctx)
+
+
+def _bench_step(config, ctx, device, data, args) -> dict:
+    from fastcam.hostsync import SyncCount
+    from fastcam.train.optim import optimizer_implementation
+
+    trainer = _trainer(config, ctx, device, data)
     _reset_peak(device)
-    compile_s = None
-    if c.execution.compile:
-        compile_s = warm_up(c, ctx, batch_size=args.batch_size, channels=16, height=args.height,
-                            width=args.width, input_dtype=dtype)
-    batch = synthetic_batch(args.batch_size, 16, args.height, args.width, device, dtype)
-    if c.execution.channels_last:
-        batch = (batch[0].contiguous(memory_format=torch.channels_last), *batch[1:])
-    seconds = _timed_steps(c, ctx, [batch] * (args.warmup + args.steps), args)
-    samples_per_s = args.steps * args.batch_size / seconds
+    warmup_s = trainer.warm_up() if trainer.execution.warm_up else None
+    inputs, labels, _ = trainer.synthetic_batch(config.hyperparameters.local_batch_size)
+    for _ in range(args.warmup):
+        trainer.train_step(inputs, labels)
+    with SyncCount(device) as syncs:  # counted apart: the dispatch mode slows the step
+        trainer.train_step(inputs, labels)
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        trainer.train_step(inputs, labels)
+    _sync(device)
+    seconds = time.perf_counter() - start
+    batch = config.hyperparameters.local_batch_size
+    samples_per_s = args.steps * batch / seconds
     flop = FLOP_PER_FULL_SAMPLE * args.height * args.width / FULL_AREA
     return {"samples_per_s": samples_per_s, "ms_per_step": 1000 * seconds / args.steps,
-            "peak_memory_gb": _peak_gb(device), "tflops": samples_per_s * flop / 1e12,
-            "compile_warmup_s": compile_s, "execution": c.execution.switches()}
+            "peak_memory_gb": _peak_gb(device), "tflops": samples_per_s * flop / 1e12, "warmup_s": warmup_s,
+            "host_syncs_per_step": syncs.count, "host_sync_method": syncs.method,
+            "optimizer_implementation": optimizer_implementation(trainer.optimizer),
+            "execution": trainer.execution.switches()}
 
 
-def _synthesize(root: Path, args) -> Path:
+def _bench_eval(config, ctx, device, data, args) -> dict:
+    trainer = _trainer(config, ctx, device, data)
+    batch = trainer.synthetic_batch(1)  # the trainer evaluates at batch 1, as the reference does
+    trainer.evaluate([batch] * max(1, args.warmup))
+    _sync(device)
+    start = time.perf_counter()
+    trainer.evaluate([batch] * args.steps)
+    seconds = time.perf_counter() - start
+    return {"samples_per_s": args.steps / seconds, "batch_size": 1}
+
+
+def _bench_epoch(config, ctx, device, data, args) -> dict:
+    from fastcam.errors import DataError
+    from fastcam.train.inputs import build_loaders, stage_inputs
+
+    trainer = _trainer(config, ctx, device, data)
+    stage_inputs(trainer.plan, ctx, say=lambda _m: None)
+    loaders = build_loaders(trainer.plan, ctx, seed=0)
+    if trainer.execution.warm_up:
+        trainer.warm_up()
+    batches = iter(loaders.train)
+    trainer.train_epoch(list(itertools.islice(batches, args.warmup)))
+    _sync(device)
+    start = time.perf_counter()
+    result = trainer.train_epoch(itertools.islice(batches, args.steps))
+    _sync(device)
+    if result.steps < args.steps:
+        raise DataError(f"the loader delivered only {args.warmup + result.steps} batches; "
+                        f"need --warmup + --steps = {args.warmup + args.steps}")
+    batch = config.hyperparameters.local_batch_size
+    return {"samples_per_s": args.steps * batch / (time.perf_counter() - start),
+            "loader": config.optimizations.loader}
+
+
+PART_FUNCTIONS = {"step": _bench_step, "eval": _bench_eval, "epoch": _bench_epoch}
+
+
+def _synthesize(root: Path, args, batch: int) -> Path:
     from fastcam.data.synth import synthesize
 
-    count = max(args.batch_size * (args.steps + args.warmup), 2 * args.batch_size)
-    print(f"synthesizing {count} samples of {args.height}x{args.width} for the loader benchmark", flush=True)
-    synthesize(root, count, 1, height=args.height, width=args.width, seed=1, progress=True)
+    count = max(batch * (args.steps + args.warmup), 2 * batch)
+    print(f"synthesizing {count} samples of {args.height}x{args.width} for the benchmark", flush=True)
+    synthesize(root, count, 2, height=args.height, width=args.width, seed=1, progress=True)
     return root
 
 
 def _drain(loader, device, limit: int) -> tuple[int, float]:
     start, samples = time.perf_counter(), 0
-    for i, (inputs, labels, _) in enumerate(loader):
+    for i, (inputs, _labels, _) in enumerate(loader):
         inputs = inputs.to(device, non_blocking=True)
         samples += inputs.shape[0]
         if i + 1 >= limit:
@@ -182,44 +211,39 @@ def _drain(loader, device, limit: int) -> tuple[int, float]:
     return samples, time.perf_counter() - start
 
 
-def _bench_loaders(data: Path, staged_root: Path, device, args) -> dict:
+def _bench_loaders(config, ctx, device, data: Path, staged_root: Path, args) -> dict:
     from fastcam.data.reader import build_reference_loaders
     from fastcam.data.stage import stage_dataset
     from fastcam.data.staged import StagedLoader
+    from fastcam.errors import ConfigError
 
+    batch, workers = config.hyperparameters.local_batch_size, config.run.max_inter_threads
     out = {}
-    reference = build_reference_loaders(data, local_batch_size=args.batch_size, workers=args.workers,
+    reference = build_reference_loaders(data, local_batch_size=batch, workers=workers,
                                         pin_memory=device.type == "cuda")
     samples, seconds = _drain(reference.train, device, args.steps)
-    out["hdf5"] = {"samples_per_s": samples / seconds, "workers": min(args.workers, args.batch_size)}
+    out["hdf5"] = {"samples_per_s": samples / seconds, "note": f"{min(workers, batch)} workers"}
     start = time.perf_counter()
-    stage_dataset(data, staged_root, workers=max(1, args.workers), progress=False)
+    stage_dataset(data, staged_root, workers=max(1, workers), progress=False)
     staging_s = time.perf_counter() - start
-    loader = StagedLoader(staged_root, "train", batch_size=args.batch_size, shuffle=True, drop_last=True,
-                          seed=0, device=device)
+    threads = max(2, workers)
+    loader = StagedLoader(staged_root, "train", batch_size=batch, shuffle=True, drop_last=True, seed=0,
+                          device=device, threads=threads)
     samples, seconds = _drain(loader, device, args.steps)
-    out["staged"] = {"samples_per_s": samples / seconds, "staging_s": staging_s}
+    out["staged"] = {"samples_per_s": samples / seconds, "note": f"staging {staging_s:.1f} s", "staging_s": staging_s}
+    try:
+        from fastcam.data.dali import DaliLoader
+    except ConfigError as err:
+        out["dali"] = {"samples_per_s": None, "note": str(err)}
+        return out
+    loader = DaliLoader(staged_root, "train", batch_size=batch, shuffle=True, drop_last=True, seed=0,
+                        device=device, threads=threads)
+    try:
+        samples, seconds = _drain(loader, device, args.steps)
+    finally:
+        loader.close()
+    out["dali"] = {"samples_per_s": samples / seconds, "note": "staged cache, DALI external source"}
     return out
-
-
-def _bench_epoch(config, data: Path, staged_root: Path, device, args) -> dict:
-    import torch
-
-    from fastcam.train.inputs import build_loaders, stage_inputs
-    from fastcam.train.setup import build_components, warm_up
-
-    torch.manual_seed(0)
-    ctx = _single(device)
-    config = dataclasses.replace(config, run=dataclasses.replace(
-        config.run, data_dir_prefix=str(data), stage_dir=str(staged_root.parent / f"staged-{config.mode}"),
-        max_inter_threads=args.workers))
-    c = build_components(config, ctx, device)
-    loaders = build_loaders(config, ctx, device, 0, stage_inputs(config, ctx, say=lambda _m: None))
-    if c.execution.compile:
-        warm_up(c, ctx, batch_size=args.batch_size, channels=16, height=args.height, width=args.width,
-                input_dtype=loaders.input_dtype)
-    seconds = _timed_steps(c, ctx, loaders.train, args)
-    return {"samples_per_s": args.steps * args.batch_size / seconds, "loader": config.optimizations.loader}
 
 
 def format_table(r: dict) -> str:
@@ -228,21 +252,29 @@ def format_table(r: dict) -> str:
              "", "| part | variant | samples/s | ms/step | peak GB | TFLOP/s | notes |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for mode, m in r["step"].items():
-        notes = f"compile warm-up {m['compile_warmup_s']:.0f} s" if m.get("compile_warmup_s") else ""
+        notes = [m["optimizer_implementation"], f"{m['host_syncs_per_step']} host reads/step"]
+        if m.get("warmup_s"):
+            notes.append(f"warm-up {m['warmup_s']:.0f} s")
         lines.append(f"| step | {mode} | {m['samples_per_s']:.1f} | {m['ms_per_step']:.1f} | "
-                     f"{_fmt(m['peak_memory_gb'])} | {m['tflops']:.2f} | {notes} |")
+                     f"{_fmt(m['peak_memory_gb'])} | {m['tflops']:.2f} | {'; '.join(notes)} |")
+    for mode, m in r["eval"].items():
+        lines.append(f"| eval | {mode} | {m['samples_per_s']:.1f} | | | | batch {m['batch_size']} |")
     for name, m in r["loader"].items():
-        notes = f"staging {m['staging_s']:.1f} s" if "staging_s" in m else f"{m.get('workers')} workers"
-        lines.append(f"| loader | {name} | {m['samples_per_s']:.1f} | | | | {notes} |")
+        rate = "not measured" if m["samples_per_s"] is None else f"{m['samples_per_s']:.1f}"
+        lines.append(f"| loader | {name} | {rate} | | | | {m['note']} |")
     for mode, m in r["epoch"].items():
         lines.append(f"| epoch | {mode} | {m['samples_per_s']:.1f} | | | | {m['loader']} loader |")
-    if "baseline" in r["step"] and "optimized" in r["step"]:
-        ratio = r["step"]["optimized"]["samples_per_s"] / r["step"]["baseline"]["samples_per_s"]
-        lines.append(f"\noptimized / baseline step throughput: {ratio:.2f}x")
-    if "baseline" in r["epoch"] and "optimized" in r["epoch"]:
-        ratio = r["epoch"]["optimized"]["samples_per_s"] / r["epoch"]["baseline"]["samples_per_s"]
-        lines.append(f"optimized / baseline epoch throughput: {ratio:.2f}x")
+    for part in ("step", "epoch"):
+        if "baseline" in r[part] and "optimized" in r[part]:
+            ratio = r[part]["optimized"]["samples_per_s"] / r[part]["baseline"]["samples_per_s"]
+            lines.append(f"optimized / baseline {part} throughput: {ratio:.2f}x")
     return "\n".join(lines)
+
+
+def _write(path, results: dict) -> None:
+    from fastcam.files import atomic_write_text
+
+    atomic_write_text(path, json.dumps(results, indent=2) + "\n")
 
 
 def _fmt(value) -> str:
@@ -264,9 +296,9 @@ def _device_name(device) -> str:
 
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    from fastcam.distributed import _cpu_model
+    from fastcam.distributed import cpu_model
 
-    return f"CPU: {_cpu_model()}"
+    return f"CPU: {cpu_model()}"
 
 
 def _sync(device) -> None:

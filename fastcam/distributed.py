@@ -361,7 +361,7 @@ def average_batchnorm_stats(model: nn.Module, ctx: DistContext) -> None:
                 stat.copy_(averaged)
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
             for line in cpuinfo:
@@ -378,4 +378,4 @@ def describe_platform(ctx: DistContext, device: torch.device) -> str:
     if device.type == "cuda":
         return f"{nodes} x {ctx.local_size} {torch.cuda.get_device_name(device)}"
     processes = f"{ctx.local_size} process{'es' if ctx.local_size != 1 else ''}"
-    return f"{nodes} x {processes}, CPU: {_cpu_model()}"
+    return f"{nodes} x {processes}, CPU: {cpu_model()}"

@@ -7,14 +7,17 @@ from fastcam.cli import main
 
 def test_bench_cpu_small_prints_table_and_writes_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    rc = main(["bench", "--device", "cpu", "--height", "32", "--width", "48", "--batch-size", "2",
-               "--steps", "2", "--warmup", "1", "--workers", "0", "--json", str(out)])
+    # train's flag names (issue 12): --local_batch_size, --max_inter_threads.
+    rc = main(["bench", "--device", "cpu", "--height", "32", "--width", "48", "--local_batch_size", "2",
+               "--steps", "2", "--warmup", "1", "--max_inter_threads", "0", "--json", str(out)])
     assert rc == 0
     printed = capsys.readouterr().out
-    for row in ("| step | baseline", "| step | optimized", "| loader | hdf5", "| loader | staged",
+    for row in ("| step | baseline", "| step | optimized", "| eval | baseline", "| eval | optimized",
+                "| loader | hdf5", "| loader | staged", "| loader | dali",
                 "| epoch | baseline", "| epoch | optimized", "optimized / baseline step throughput"):
         assert row in printed
     r = json.loads(out.read_text())
+    assert r["bench_schema"] == 2 and r["fastcam_version"]
     assert r["device"].startswith("CPU") and (r["height"], r["width"], r["batch_size"]) == (32, 48, 2)
     flop = 1.97e12 * 32 * 48 / (768 * 1152)
     for mode in ("baseline", "optimized"):
@@ -24,6 +27,11 @@ def test_bench_cpu_small_prints_table_and_writes_json(tmp_path, capsys):
         assert abs(step["tflops"] - step["samples_per_s"] * flop / 1e12) < 1e-9
         assert step["peak_memory_gb"] > 0
         assert r["epoch"][mode]["samples_per_s"] > 0
+        assert r["eval"][mode]["samples_per_s"] > 0 and r["eval"][mode]["batch_size"] == 1
+        assert step["host_syncs_per_step"] >= 0 and step["host_sync_method"]
+    # What ran, not what was asked for: the optimized recipe's LAMB is the torch one on a CPU.
+    assert r["step"]["optimized"]["optimizer_implementation"] == "LAMB (torch foreach)"
+    assert r["step"]["baseline"]["optimizer_implementation"].startswith("AdamW")
     assert r["step"]["baseline"]["execution"]["channels_last"] is False
     assert r["step"]["optimized"]["execution"]["channels_last"] is True
     assert r["loader"]["hdf5"]["samples_per_s"] > 0 and r["loader"]["staged"]["samples_per_s"] > 0
@@ -35,4 +43,7 @@ def test_bench_rejects_bad_options(tmp_path, capsys):
     assert main(["bench", "--device", "cpu", "--height", "30", "--json", str(tmp_path / "x.json")]) == 2
     assert "multiples of 16" in capsys.readouterr().err
     assert main(["bench", "--device", "cpu", "--parts", "step,nope"]) == 2
+    # A hyperparameter flag is validated like train's, before any work.
+    assert main(["bench", "--device", "cpu", "--local_batch_size", "0", "--json", str(tmp_path / "x.json")]) == 2
+    assert "local_batch_size" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()

@@ -233,7 +233,7 @@ def test_batchnorm_group_ranks_are_consecutive() -> None:
 def test_describe_platform_cpu() -> None:
     text = fd.describe_platform(DistContext(0, 8, 0, 4, 2, "gloo", "env"), torch.device("cpu"))
     assert text.startswith("2 nodes x 4 processes, CPU: ")
-    assert text.split("CPU: ", 1)[1] == fd._cpu_model() != ""
+    assert text.split("CPU: ", 1)[1] == fd.cpu_model() != ""
     assert fd.describe_platform(SINGLE, torch.device("cpu")).startswith("1 node x 1 process, CPU: ")
 
 

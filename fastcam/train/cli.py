@@ -27,14 +27,16 @@ def register(subparsers) -> None:
     p.set_defaults(func=run_train)
 
 
-def add_config_arguments(p: argparse.ArgumentParser, sections=tuple(SECTIONS)) -> None:
-    """``--mode``, ``--config``, ``--open-division`` and one flag per config field."""
-    p.add_argument("--mode", choices=MODES, default=argparse.SUPPRESS, help="recipe to start from (default baseline)")
-    p.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
-                   help="YAML config file (see --print-config); flags override it")
-    p.add_argument("--open-division", "--open_division", dest="open_division", action="store_true",
-                   default=argparse.SUPPRESS, help="allow any hyperparameter; logs submission_division=open")
-    for section in sections:
+def add_config_arguments(p: argparse.ArgumentParser, with_mode: bool = True) -> None:
+    """(``--mode``, ``--config``, ``--open-division``) and one flag per config field."""
+    if with_mode:
+        p.add_argument("--mode", choices=MODES, default=argparse.SUPPRESS,
+                       help="recipe to start from (default baseline)")
+        p.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
+                       help="YAML config file (see --print-config); flags override it")
+        p.add_argument("--open-division", "--open_division", dest="open_division", action="store_true",
+                       default=argparse.SUPPRESS, help="allow any hyperparameter; logs submission_division=open")
+    for section in SECTIONS:
         group = p.add_argument_group(section)
         schema.add_arguments(group, SECTIONS[section], section)
 
