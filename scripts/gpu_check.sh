@@ -50,6 +50,8 @@ export TORCHINDUCTOR_CACHE_DIR="$WORK/inductor" TRITON_CACHE_DIR="$WORK/triton"
 if [[ $DEVICE == cpu ]]; then
   # The CI machine has 2 cores: intra-op threads on tiny tensors only add overhead (tests/conftest.py).
   export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+  # Triton kernels (fastcam.kernels) run only in triton's interpreter without a GPU; set before any import.
+  export TRITON_INTERPRET=${TRITON_INTERPRET:-1}
 fi
 mkdir -p "$OUT" "$WORK/logs" || die "cannot create $OUT or $WORK"
 rm -f "$OUT/parts.jsonl" "$OUT/summary.json"

@@ -52,6 +52,9 @@ def _triton(report: Report, torch, settings: Settings) -> None:
         report.record("triton", version=None, kernel="skipped: triton is not importable")
         say("triton: not importable, kernel check skipped")
         return
+    if settings.device == "cuda" and not torch.cuda.is_available():
+        report.record("triton", kernel="skipped: no CUDA device")  # the gpu entry says so
+        return
     import triton
     import triton.language as tl
 
@@ -109,4 +112,4 @@ def _disk_free_gb(settings: Settings) -> float:
 
 
 if __name__ == "__main__":
-    main("env", run)
+    main("env", run, needs_device=False)

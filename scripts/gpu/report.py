@@ -173,9 +173,11 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def main(part: str, body: Callable[[Report, Settings], None]) -> None:
+def main(part: str, body: Callable[[Report, Settings], None], needs_device: bool = True) -> None:
     """Run ``body`` as the part named ``part``: exit 0 when every measurement
-    succeeded, 1 when one failed (its error is in the JSON)."""
+    succeeded, 1 when one failed (its error is in the JSON). A part that
+    ``needs_device`` fails at once, with one error line, when the device is
+    missing, rather than after minutes of preparation."""
     settings = Settings.from_env(part)
     if settings.smoke:
         # No GPU: triton kernels can only run in triton's interpreter, as the kernel tests run them;
@@ -184,7 +186,20 @@ def main(part: str, body: Callable[[Report, Settings], None]) -> None:
     report = Report(settings)
     say(f"{part}: device {settings.device}, {settings.size.height}x{settings.size.width}, "
         f"batch {settings.size.batch}; writing {report.path}")
-    report.attempt(part, lambda: body(report, settings))
+
+    def run_part() -> None:
+        if needs_device:
+            _check_device(settings)
+        body(report, settings)
+
+    report.attempt(part, run_part)
     rc = report.finish()
     say(f"{part}: {report.data['status']}")
     sys.exit(rc)
+
+
+def _check_device(settings: Settings) -> None:
+    import torch
+
+    if settings.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("CUDA is not available; FASTCAM_CHECK_DEVICE=cpu runs the CPU smoke mode")

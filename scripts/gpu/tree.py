@@ -1,6 +1,6 @@
 """Import fastcam from the working tree the way its installation lays it out.
 
-The GPU machine cannot ``pip install`` anything, so the check runs fastcam
+The GPU machine cannot install anything (no registry), so the check runs fastcam
 from the checkout (``PYTHONPATH=$PWD``). pyproject.toml maps packages that
 live elsewhere in the tree (``fastcam.kernels`` = ``kernels/``, see its
 ``[tool.setuptools] package-dir``); an installation resolves them, a bare
