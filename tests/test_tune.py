@@ -3,7 +3,10 @@
 The fast tests use real Optuna studies (in memory or a real journal file)
 without training. The slow ones run `fastcam tune` for real on a tiny
 synthetic data set (8 train / 2 validation samples at 32 x 48, one epoch per
-trial), in process and as separate processes.
+trial): one end to end through the CLI on the reference network, and the
+study mechanics (workers sharing a study, a killed worker) as separate
+processes whose trials train a one-layer network through the same
+``fastcam.train.train`` (``run_tune(..., model_factory=...)``).
 """
 
 from __future__ import annotations
@@ -20,9 +23,9 @@ import optuna
 import pytest
 import yaml
 
-from fastcam import guard
+from fastcam import guard, schema
 from fastcam.cli import main
-from fastcam.config import Config, baseline, optimized
+from fastcam.config import Config, Hyperparameters, baseline, optimized
 from fastcam.errors import ConfigError, FastcamError, GuardError
 from fastcam.train.cli import parse_train_config
 from fastcam.train import EpochRecord
@@ -30,6 +33,7 @@ from fastcam.tuning import heartbeat, objective, params, space as sp, study as s
 from fastcam.tuning.cli import worker_device
 
 REFERENCE = sp.RunScale(global_batch=128, steps_per_epoch=947)
+SMALL = sp.RunScale(global_batch=8, steps_per_epoch=125)  # 1000 samples at local batch 8
 
 
 def _space(parameters: dict, **reference) -> sp.SearchSpace:
@@ -45,7 +49,7 @@ def test_default_space_is_vetted_and_scales_with_batch_and_epoch_length():
     written = space.params
     assert at_reference["start_lr"].low == pytest.approx(written["start_lr"].low)
     assert at_reference["lr_schedule.t_max"].low == round(written["lr_schedule.t_max"].low * 947)
-    four_times = sp.resolve(space, sp.run_scale(121266, local_batch_size=512))  # 236 steps per epoch
+    four_times = sp.resolve(space, sp.RunScale(global_batch=512, steps_per_epoch=236))
     assert four_times["start_lr"].high == pytest.approx(2 * written["start_lr"].high)  # sqrt(512 / 128)
     assert four_times["lr_schedule.t_max"].high == round(written["lr_schedule.t_max"].high * 236)
     assert four_times["weight_decay"] == at_reference["weight_decay"]  # not scaled
@@ -83,17 +87,19 @@ def test_cli_refuses_a_space_naming_a_fixed_hyperparameter_before_any_trial(tmp_
 
 # -- trial parameters ---------------------------------------------------------------
 def test_every_sampled_trial_is_a_compliant_optimized_run():
-    resolved = sp.resolve(sp.load_space(), sp.run_scale(1000, local_batch_size=8))
+    resolved = sp.resolve(sp.load_space(), SMALL)
     base = optimized()
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
     fixed_reference = baseline().hyperparameters
+    fixed = [name for name, p in schema.params(Hyperparameters) if p.rule == "fixed"]
+    assert "gradient_accumulation_frequency" in fixed
     seen_types = set()
     for number in range(60):
         trial = study.ask()
         config = objective.trial_config(base, params.suggest(trial, resolved, base), number)
         guard.check(config)
         hp = config.hyperparameters
-        for name in guard.ALWAYS_FIXED:
+        for name in fixed:
             assert getattr(hp, name) == getattr(fixed_reference, name), name
         schedule = hp.lr_schedule.as_dict()
         seen_types.add(schedule["type"])
@@ -114,14 +120,13 @@ def test_every_sampled_trial_is_a_compliant_optimized_run():
 def test_recipes_are_enqueued_exactly_as_published_at_any_scale():
     space = sp.load_space()
     base = optimized()
-    small = sp.run_scale(1000, local_batch_size=8)  # 125 steps per epoch, global batch 8
-    for scale in (REFERENCE, small):
+    for scale in (REFERENCE, SMALL):
         values = params.recipe_params(baseline(), sp.resolve(space, scale), base)
         assert values == {"optimizer": "AdamW", "start_lr": 1e-3, "weight_decay": 1e-2, "lr_warmup_steps": 0,
                           "lr_warmup_factor": 1.0, "max_inter_threads": 4, "lr_schedule.type": "multistep",
                           "lr_schedule.milestones.count": 1, "lr_schedule.milestones.1": 1200,
                           "lr_schedule.decay_rate": 0.5}
-    values = params.recipe_params(optimized(), sp.resolve(space, small), base)
+    values = params.recipe_params(optimized(), sp.resolve(space, SMALL), base)
     assert values["optimizer"] == "LAMB" and values["lr_schedule.type"] == "cosine_annealing"
     assert (values["lr_schedule.t_max"], values["start_lr"]) == (9000, 0.00155)
     replay = params.apply(base, values).hyperparameters
@@ -129,10 +134,19 @@ def test_recipes_are_enqueued_exactly_as_published_at_any_scale():
     assert replay.start_lr == 0.00155
 
 
-def test_pinned_flags_remove_parameters_from_the_space():
-    space = sp.load_space().without(["lr_schedule", "max_inter_threads"])
-    assert not any(n.startswith("lr_schedule") or n == "max_inter_threads" for n in space.params)
-    assert "start_lr" in space.params
+def test_pinned_flags_remove_parameters_from_the_printed_space(tune_data, tmp_path, capsys):
+    flags = _flags(tune_data, tmp_path / "out", 1, "--lr_schedule", "type=multistep,milestones=3,decay_rate=0.5",
+                   "--start_lr", "0.002", "--print-config")
+    assert main(["tune", *flags]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["base"]["hyperparameters"]["start_lr"] == 0.002
+    assert printed["base"]["hyperparameters"]["lr_schedule"]["milestones"] == [3]
+    searched = set(printed["space"])
+    assert not any(n.startswith("lr_schedule") for n in searched) and "start_lr" not in searched
+    # max_inter_threads and local_batch_size are given by _flags: pinned too; the rest is searched.
+    assert searched == {"optimizer", "weight_decay", "lr_warmup_steps", "lr_warmup_factor"}
+    # 8 training samples at local batch 4: 2 steps per epoch, so one epoch of warmup is 2 steps.
+    assert printed["space"]["lr_warmup_steps"] == {"low": 0, "high": 2, "log": False}
 
 
 # -- objective and pruning -------------------------------------------------------------
@@ -170,14 +184,14 @@ def _record(epoch, eval_iou, train_loss=0.5):
 def test_pruning_callback_reports_the_error_and_prunes_worse_or_diverged_trials():
     study = optuna.create_study(pruner=optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0))
     first = study.ask()
-    objective.PruningCallback(first, prune=True).on_epoch_end(_record(1, 0.6))
+    objective.PruningCallback(first, prune=True).on_epoch_end(None, _record(1, 0.6))
     assert first.study.trials[0].intermediate_values == {1: pytest.approx(0.4)}
     study.tell(first, 1.0)
-    objective.PruningCallback(study.ask(), prune=True).on_epoch_end(_record(1, 0.7))  # better: continues
+    objective.PruningCallback(study.ask(), prune=True).on_epoch_end(None, _record(1, 0.7))  # better: continues
     with pytest.raises(optuna.TrialPruned):
-        objective.PruningCallback(study.ask(), prune=True).on_epoch_end(_record(1, 0.5))
+        objective.PruningCallback(study.ask(), prune=True).on_epoch_end(None, _record(1, 0.5))
     with pytest.raises(optuna.TrialPruned):  # diverged: high IoU of an all-background prediction does not count
-        objective.PruningCallback(study.ask(), prune=True).on_epoch_end(_record(1, 0.9, train_loss=float("nan")))
+        objective.PruningCallback(study.ask(), prune=True).on_epoch_end(None, _record(1, 0.9, train_loss=float("nan")))
 
 
 # -- storage and heartbeats ----------------------------------------------------------------
@@ -201,13 +215,14 @@ def test_a_trial_without_heartbeat_is_failed_and_retried_once(tmp_path, kind):
     stale, alive = study.ask(), study.ask()
     stale.suggest_float("start_lr", 1e-4, 1e-2)
     alive.suggest_float("start_lr", 1e-4, 1e-2)
-    storage = study._storage
-    storage.set_trial_system_attr(stale._trial_id, heartbeat.HEARTBEAT_ATTR, time.time() - 100)
-    with heartbeat.Heartbeat(storage, alive._trial_id, interval=0.05):
-        time.sleep(0.2)
+    stale.set_user_attr(heartbeat.HEARTBEAT_ATTR, time.time() - 100)
+    entered = time.time()
+    with heartbeat.Heartbeat(alive, interval=0.05):
+        time.sleep(0.3)
         failed = heartbeat.fail_stale_trials(study, grace=10, echo=lambda _m: None)
         again = heartbeat.fail_stale_trials(study, grace=10, echo=lambda _m: None)  # nothing left to fail
     assert (failed, again) == ([stale.number], [])
+    assert study.trials[alive.number].user_attrs[heartbeat.HEARTBEAT_ATTR] > entered + 0.1  # it kept beating
     states = {t.number: t.state for t in study.trials}
     assert states[stale.number] == optuna.trial.TrialState.FAIL
     assert states[alive.number] == optuna.trial.TrialState.RUNNING
@@ -215,7 +230,7 @@ def test_a_trial_without_heartbeat_is_failed_and_retried_once(tmp_path, kind):
     # Queued as fixed parameters, as enqueue_trial stores them (not re-validated against the ranges).
     assert len(retry) == 1 and retry[0].system_attrs["fixed_params"] == stale.params
     assert retry[0].system_attrs["failed_trial"] == stale.number
-    assert heartbeat.HEARTBEAT_ATTR not in retry[0].system_attrs  # the retry starts without the old beat
+    assert heartbeat.HEARTBEAT_ATTR not in retry[0].user_attrs  # the retry starts without the old beat
 
 
 def test_worker_survives_out_of_memory_trials_but_gives_up_after_several_in_a_row(tmp_path):
@@ -279,27 +294,28 @@ def _states(study: optuna.Study) -> dict[str, int]:
 
 @pytest.mark.slow
 def test_tune_prunes_writes_results_and_best_yaml_replays(tune_data, tmp_path, capsys):
-    # The recipes (enqueued first, their learning rates kept although outside this range) complete; every
-    # sampled trial has a learning rate that makes the loss NaN in its first epoch and must be pruned.
+    # End to end on the reference network. The recipes (enqueued first, their learning rates kept although
+    # outside this range) complete; the sampled trial has a learning rate that makes the loss NaN in its first
+    # epoch and must be pruned.
     space = tmp_path / "space.yaml"
     space.write_text(yaml.safe_dump({"parameters": {
         "optimizer": {"choices": ["Adam", "AdamW"]},
         "start_lr": {"low": 1e29, "high": 1e30, "log": True},
         "weight_decay": {"low": 1e-3, "high": 1e-1, "log": True}}}))
     out = tmp_path / "out"
-    assert main(["tune", *_flags(tune_data, out, 4, "--space", str(space), "--pruner_startup_trials", "2",
+    assert main(["tune", *_flags(tune_data, out, 3, "--space", str(space), "--pruner_startup_trials", "2",
                                  "--pruner_warmup_epochs", "0")]) == 0
     printed = capsys.readouterr().out
     study = _load(out)
-    assert _states(study) == {"COMPLETE": 2, "PRUNED": 2}, printed
+    assert _states(study) == {"COMPLETE": 2, "PRUNED": 1}, printed
     assert [t.user_attrs["enqueued"] for t in study.trials[:2]] == ["baseline", "optimized"]
-    assert all(t.params["start_lr"] >= 1e29 for t in study.trials if t.state.name == "PRUNED")
+    assert study.trials[2].params["start_lr"] >= 1e29 and study.trials[2].state.name == "PRUNED"
     assert "trial 2: pruned after 1 epoch(s)" in printed and "trial 0: start" in printed
-    for number in range(4):
+    for number in range(3):
         assert (out / "logs" / f"trial-{number:04d}.log").is_file()
     assert not list(out.glob("*.cpt"))  # trial checkpoints are not kept
     rows = (out / "trials.csv").read_text().splitlines()
-    assert len(rows) == 5 and rows[0].startswith("number,state,value,")
+    assert len(rows) == 4 and rows[0].startswith("number,state,value,")
     assert (out / "plots" / "history.png").stat().st_size > 0 and (out / "plots" / "parallel.png").is_file()
     assert (out / "plots" / "importances.png").is_file() or "plot importances: skipped" in printed
 
@@ -320,13 +336,31 @@ def test_tune_prunes_writes_results_and_best_yaml_replays(tune_data, tmp_path, c
     assert failed_keys(result) <= {"train_samples", "eval_samples", "eval_accuracy"}, result.output
 
 
-def _tune_process(data: Path, out: Path, trials: int, *extra: str) -> subprocess.Popen:
+# A tuning worker whose trials train a one-layer network (the loop only needs N x 3 x H x W logits) through
+# the same run_tune and train(); argv[1] is a delay per forward pass in seconds: long enough that two workers
+# started together both get trials, or an hour for a worker that must be killed mid-trial.
+WORKER = """
+import sys, time, torch
+from fastcam.cli import build_parser
+from fastcam.tuning.cli import run_tune
+
+class Net(torch.nn.Conv2d):
+    def forward(self, x):
+        time.sleep(float(sys.argv[1]))
+        return super().forward(x)
+
+args = build_parser().parse_args(["tune", *sys.argv[2:]])
+sys.exit(run_tune(args, model_factory=lambda: Net(16, 3, 1)))
+"""
+
+
+def _tune_process(data: Path, out: Path, trials: int, *extra: str, delay: float = 0.0) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "fastcam.cli", "tune", *_flags(data, out, trials, *extra)],
+    return subprocess.Popen([sys.executable, "-c", WORKER, str(delay), *_flags(data, out, trials, *extra)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 
 
-def _finish(process: subprocess.Popen, timeout: float = 400) -> str:
+def _finish(process: subprocess.Popen, timeout: float = 300) -> str:
     output, _ = process.communicate(timeout=timeout)
     assert process.returncode == 0, output
     return output
@@ -335,7 +369,7 @@ def _finish(process: subprocess.Popen, timeout: float = 400) -> str:
 @pytest.mark.slow
 def test_two_workers_started_at_once_share_one_study(tune_data, tmp_path):
     out = tmp_path / "out"
-    workers = [_tune_process(tune_data, out, 4) for _ in range(2)]
+    workers = [_tune_process(tune_data, out, 4, delay=0.3) for _ in range(2)]
     outputs = [_finish(w) for w in workers]
     study = _load(out)
     finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
@@ -350,9 +384,9 @@ def test_two_workers_started_at_once_share_one_study(tune_data, tmp_path):
 def test_a_killed_worker_leaves_a_failed_trial_that_a_rerun_retries(tune_data, tmp_path):
     out = tmp_path / "out"
     beat = ["--heartbeat_interval", "0.5", "--grace_period", "2"]
-    victim = _tune_process(tune_data, out, 3, *beat)
+    victim = _tune_process(tune_data, out, 3, *beat, delay=3600)  # never finishes its first trial
     log = out / "logs" / "trial-0000.log"
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 120
     while not log.exists() and victim.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)
     assert victim.poll() is None, victim.communicate()[0]  # still mid-trial
@@ -384,7 +418,7 @@ def test_each_pruner_option_prunes_on_reported_epochs(name):
     def fake_training(trial):  # error falls with epochs; a larger x is a worse trial throughout
         x = trial.suggest_float("x", 0.0, 1.0)
         for epoch in range(1, 5):
-            objective.PruningCallback(trial, prune=True).on_epoch_end(_record(epoch, 0.5 - 0.4 * x + 0.1 * epoch))
+            objective.PruningCallback(trial, prune=True).on_epoch_end(None, _record(epoch, 0.5 - 0.4 * x + 0.1 * epoch))
         return x
 
     study.optimize(fake_training, n_trials=12)

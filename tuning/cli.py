@@ -16,17 +16,16 @@ several devices or nodes to run trials in parallel; run it again to resume.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from fastcam.errors import ConfigError
 
 PRUNERS = ("median", "hyperband", "none")
-# Flags of `fastcam train` that pin a tunable parameter when given.
-PINNABLE = ("optimizer", "start_lr", "weight_decay", "lr_warmup_steps", "lr_warmup_factor", "max_inter_threads",
-            "local_batch_size", "lr_schedule")
+# Flags of `fastcam train` that tune refuses: each trial starts fresh, and the result is best.yaml.
+REFUSED = {"run.checkpoint": "--checkpoint", "save_config": "--save-config"}
 
 
 def register(subparsers) -> None:
@@ -59,43 +58,43 @@ def register(subparsers) -> None:
 
 
 def build_base(args: argparse.Namespace):
-    """The optimized recipe with the user's flags; the trials' starting point."""
-    from fastcam import guard
+    """The optimized recipe with the user's flags; the trials' starting point
+    (validated, not guard-checked: each trial and best.yaml are)."""
     from fastcam.train.cli import config_from_args
 
     given = vars(args)
-    for flag in ("checkpoint", "save_config"):
-        if flag in given:
-            raise ConfigError(f"--{flag} does not apply to tune (each trial starts fresh; the result is best.yaml)")
+    for dest, flag in REFUSED.items():
+        if dest in given:
+            raise ConfigError(f"{flag} does not apply to tune (each trial starts fresh; the result is best.yaml)")
     if given.get("mode", "optimized") != "optimized":
         raise ConfigError("tune searches the hyperparameters of optimized runs: drop --mode baseline")
-    args.mode = "optimized"
-    base = config_from_args(args)
-    if base.mode != "optimized":
-        raise ConfigError(f"{given.get('config')}: tune needs an optimized config, got mode {base.mode}")
-    guard.check(base)
+    # The recipe of --mode optimized, a --config file's values on it, then the flags.
+    base = config_from_args(args, default_mode="optimized")
     if base.run.data_dir_prefix is None:
         from fastcam.train.default_data import default_dataset
 
-        base.run = dataclasses.replace(base.run, data_dir_prefix=str(default_dataset()))
+        base = base.replace(run={"data_dir_prefix": str(default_dataset())})
     return base
 
 
-def run_tune(args: argparse.Namespace) -> int:
-    from fastcam.data.layout import list_files
+def run_tune(args: argparse.Namespace, model_factory: Callable | None = None) -> int:
+    """``fastcam tune``. ``model_factory`` replaces the reference network in
+    every trial (no flag: tests of the study mechanics use a tiny network)."""
+    from fastcam import guard
     from . import space as space_mod, study as study_mod
+    from .fields import searchable
 
     grace = _check_tuning_flags(args)
     # The space is vetted before anything else runs or is written.
-    pinned = [n for n in PINNABLE if n in vars(args)]
+    pinned = sorted({f.dest for f in searchable().values() if f.dest in vars(args)})
     space = space_mod.load_space(args.space).without(pinned)
     if not space.params:
         raise ConfigError(f"{space.source}: nothing left to tune (every parameter is pinned by a flag)")
     base = build_base(args)
+    guard.check(base)  # the user's own flags, before anything is written (a trial is checked again by train)
     # best.yaml keeps the user's device; the trials run on this worker's own device.
-    trial_base = dataclasses.replace(base, run=dataclasses.replace(base.run, device=worker_device(base.run.device)))
-    scale = space_mod.run_scale(len(list_files(base.run.data_dir_prefix, "train")),
-                                base.hyperparameters.local_batch_size)
+    trial_base = base.replace(run={"device": worker_device(base.run.device)})
+    scale = space_mod.run_scale(trial_base)
     resolved = space_mod.resolve(space, scale)
     if getattr(args, "print_config", False):
         import yaml
@@ -126,11 +125,11 @@ def run_tune(args: argparse.Namespace) -> int:
           f"trials finished; global batch {scale.global_batch}, {scale.steps_per_epoch} steps/epoch, "
           f"epoch budget {base.run.max_epochs}, target {base.run.target_iou}; device {trial_base.run.device}")
     if pinned:
-        _echo(f"pinned by flags: {', '.join(pinned)}")
+        _echo(f"pinned by flags: {', '.join(d.partition('.')[2] for d in pinned)}")
     if len(directions) > 1 and args.pruner != "none":
         _echo("note: optuna prunes single-objective studies only; time-epochs trials run to the end")
 
-    objective = Objective(trial_base, resolved, args.objectives, args.heartbeat_interval, _echo)
+    objective = Objective(trial_base, resolved, args.objectives, args.heartbeat_interval, _echo, model_factory)
     # Out of device memory (a large sampled batch size) fails that trial, not the search.
     study_mod.run_worker(study, objective, args.trials, grace, _echo, catch=(torch.cuda.OutOfMemoryError,))
     _report(study, base, out, args.objectives)

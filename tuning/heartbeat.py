@@ -5,7 +5,9 @@ for RDBStorage; JournalStorage, the default here because it works on shared
 cluster file systems, has none (optuna 5.0: ``optuna.storages.journal`` does
 not implement ``BaseHeartbeat``). So fastcam records the heartbeat itself, the
 same way for every storage: while a trial runs, a thread stores the time in the
-trial's system attribute ``fastcam:heartbeat`` every ``interval`` seconds.
+trial's user attribute ``fastcam:heartbeat`` every ``interval`` seconds
+(``Trial.set_user_attr``, public API; optuna 5.0's ``Trial`` has no public
+way to set a system attribute or to name its storage id).
 Before each trial, every worker fails the RUNNING trials whose last heartbeat
 (or start, if none yet) is older than ``grace`` seconds and hands them to
 optuna's ``RetryFailedTrialCallback``, which enqueues the same parameters
@@ -31,13 +33,15 @@ MAX_RETRY = 2  # a trial that kills its worker every time (e.g. out of memory) i
 class Heartbeat:
     """Context manager: record the trial's heartbeat every ``interval`` seconds."""
 
-    def __init__(self, storage, trial_id: int, interval: float) -> None:
-        self._storage, self._trial_id, self._interval = storage, trial_id, interval
+    def __init__(self, trial: optuna.Trial, interval: float) -> None:
+        self._trial, self._interval = trial, interval
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{trial_id}", daemon=True)
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{trial.number}", daemon=True)
 
     def __enter__(self) -> "Heartbeat":
-        self._storage.set_trial_system_attr(self._trial_id, HEARTBEAT_ATTR, time.time())
+        # Set here, before the thread starts, so that the beats only update an existing key of the
+        # trial's cached attributes (never resize the dict the training thread may read).
+        self._trial.set_user_attr(HEARTBEAT_ATTR, time.time())
         self._thread.start()
         return self
 
@@ -48,7 +52,7 @@ class Heartbeat:
     def _beat(self) -> None:
         while not self._stop.wait(self._interval):
             try:
-                self._storage.set_trial_system_attr(self._trial_id, HEARTBEAT_ATTR, time.time())
+                self._trial.set_user_attr(HEARTBEAT_ATTR, time.time())
             except optuna.exceptions.UpdateFinishedTrialError:
                 return  # another worker judged this trial stale; nothing left to keep alive
             except Exception:  # a transient storage error (database restart, NFS hiccup): beat again next time
@@ -56,7 +60,8 @@ class Heartbeat:
 
 
 def last_sign_of_life(trial: FrozenTrial) -> float:
-    beat = trial.system_attrs.get(HEARTBEAT_ATTR)
+    # Studies written before fastcam kept the beat as a system attribute; a resumed one still has them.
+    beat = trial.user_attrs.get(HEARTBEAT_ATTR, trial.system_attrs.get(HEARTBEAT_ATTR))
     if beat is not None:
         return float(beat)
     start = trial.datetime_start
@@ -69,7 +74,12 @@ def fail_stale_trials(study: optuna.Study, grace: float, echo: Callable[[str], N
     Returns the numbers of the trials this worker failed.
     """
     now = time.time()
-    storage = study._storage  # public attribute in all but name; optuna's fail_stale_trials uses it too
+    # Private storage access, kept on purpose: failing another worker's trial must be a compare-and-set
+    # (the storage's set_trial_state_values returns False, or raises, unless the trial was still
+    # running), so that of several workers exactly one fails and retries it. The public Study.tell
+    # checks the state and then sets it, so two workers could both retry the trial; optuna's own
+    # storages.fail_stale_trials uses the same study._storage and FrozenTrial._trial_id.
+    storage = study._storage
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         silent = now - last_sign_of_life(trial)
@@ -99,9 +109,11 @@ def enqueue_retry(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
     history = [*trial.system_attrs.get("retry_history", []), trial.number]
     if len(history) > MAX_RETRY:
         return False
-    inherited = {k: v for k, v in trial.system_attrs.items() if k != HEARTBEAT_ATTR}  # a fresh trial, no old beat
+    # A fresh trial: no old beat.
+    inherited = {k: v for k, v in trial.system_attrs.items() if k != HEARTBEAT_ATTR}
+    user_attrs = {k: v for k, v in trial.user_attrs.items() if k != HEARTBEAT_ATTR}
     system_attrs = {**inherited, "fixed_params": dict(trial.params),
                     "failed_trial": trial.system_attrs.get("failed_trial", trial.number), "retry_history": history}
     study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, system_attrs=system_attrs,
-                                              user_attrs=dict(trial.user_attrs)))
+                                              user_attrs=user_attrs))
     return True

@@ -18,8 +18,8 @@ above any real time to target (the published baseline took 276 minutes). A
 trial whose training loss became non-finite counts as a failure with IoU 0,
 whatever its accuracy.
 
-**Pruning.** After each evaluation the trainer calls
-:class:`PruningCallback`, which reports ``1 - eval_iou`` (the IoU error, so that
+**Pruning.** :class:`PruningCallback` is a ``fastcam.train.Callback``: at
+each epoch's end (after the evaluation) it reports ``1 - eval_iou`` (the IoU error, so that
 lower is better, like the study's direction that the pruners follow) and raises
 ``optuna.TrialPruned`` when the pruner says so. A trial whose training loss
 became non-finite has diverged; it reports NaN, which optuna's pruners always
@@ -27,8 +27,11 @@ prune (its accuracy is meaningless: a NaN network predicts background
 everywhere, which scores well on IoU). Optuna prunes single-objective studies
 only, so ``time-epochs`` runs every trial to the end.
 
-Each trial writes its own MLPerf log, ``OUTPUT_DIR/logs/trial-NNNN.log``, that
-``fastcam compare`` reads like any other run.
+A trial is ``apply(base, params)`` (one validated ``Config.replace``) and then
+``fastcam.train.train`` -- the same rules check, plan and Trainer as
+``fastcam train``. Each trial writes its own MLPerf log,
+``OUTPUT_DIR/logs/trial-NNNN.log``, that ``fastcam compare`` reads like any
+other run.
 """
 
 from __future__ import annotations
@@ -44,8 +47,10 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import torch
 
 from fastcam.config import Config
+from fastcam.train import Callback, train
 from .heartbeat import Heartbeat
 from .params import apply, suggest
 from .space import ParamSpec
@@ -86,14 +91,14 @@ def objective_values(result, target: float, max_epochs: int, objectives: str) ->
     return [minutes, epochs][: len(OBJECTIVES[objectives])]
 
 
-class PruningCallback:
-    """The trainer's ``on_epoch_end`` hook: report the epoch, stop a hopeless trial."""
+class PruningCallback(Callback):
+    """Report each epoch's accuracy to optuna, stop a hopeless trial."""
 
     def __init__(self, trial: optuna.Trial, prune: bool) -> None:
         self.trial, self.prune = trial, prune
         self.history: list[float] = []
 
-    def on_epoch_end(self, record) -> None:
+    def on_epoch_end(self, trainer, record) -> None:
         self.history.append(record.eval_iou)
         self.trial.set_user_attr("eval_iou", list(self.history))
         if not self.prune:
@@ -117,10 +122,12 @@ class Objective:
     objectives: str = "time"
     heartbeat_interval: float = 60.0
     echo: Callable[[str], None] = print
+    # Replaces the reference network in every trial (tests of the study mechanics use a tiny one).
+    model_factory: Callable[[], torch.nn.Module] | None = None
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
         params = suggest(trial, self.resolved, self.base)
-        config = trial_config(self.base, params, trial.number)  # guard-checked
+        config = trial_config(self.base, params, trial.number)
         tag, run = trial_tag(trial.number), config.run
         trial.set_user_attr("log", str(Path(run.output_dir) / "logs" / f"{tag}.log"))
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
@@ -128,11 +135,10 @@ class Objective:
         prune = len(OBJECTIVES[self.objectives]) == 1
         callback = PruningCallback(trial, prune)
         started = time.perf_counter()
-        from fastcam.train.trainer import train
-
         try:
-            with Heartbeat(trial.study._storage, trial._trial_id, self.heartbeat_interval):
-                result = train(config, callbacks=(callback,), echo=lambda m: self.echo(f"  [{tag}] {m}"))
+            with Heartbeat(trial, self.heartbeat_interval):  # train() runs the guard: once per trial
+                result = train(config, callbacks=(callback,), echo=lambda m: self.echo(f"  [{tag}] {m}"),
+                               model_factory=self.model_factory)
         except optuna.TrialPruned:
             epochs, best = len(callback.history), max(callback.history, default=float("nan"))
             _record(trial, epochs=epochs, best_iou=best, reached=False,
@@ -159,12 +165,10 @@ class Objective:
 
 def trial_config(base: Config, params: dict[str, Any], number: int) -> Config:
     """The Config trial ``number`` trains: base + params, its own log, one process."""
-    config = apply(base, params)
     tag = trial_tag(number)
     # Each worker trains alone on its device: never join the launcher's process group (srun, torchrun).
-    config.run = dataclasses.replace(config.run, run_tag=tag, model_prefix=tag, wireup_method="single",
-                                     checkpoint=None)
-    return config
+    own = base.replace(run={"run_tag": tag, "model_prefix": tag, "wireup_method": "single", "checkpoint": None})
+    return apply(own, params)
 
 
 def _record(trial: optuna.Trial, **attrs) -> None:

@@ -1,48 +1,43 @@
 """Trial parameters: sampled from the resolved space, applied to a config.
 
-Optuna parameter names are the config names (``start_lr``,
-``lr_schedule.t_max``, ...) with the values the config uses, so the trials
-table reads as a list of runs. Milestones are the exception: a multistep
-schedule samples ``lr_schedule.milestones.count`` and then
-``lr_schedule.milestones.1`` ... ``.N``, which :func:`apply` sorts (equal ones
-merged).
+Optuna parameter names are the space's names (fastcam.tuning.fields: the
+config field, or ``FIELD.PART`` of the LR schedule) with the values the
+config uses, so the trials table reads as a list of runs. A list field (the
+multistep milestones) is the exception: it samples ``NAME.count`` and then
+``NAME.1`` ... ``NAME.N``, which :func:`apply` sorts (equal ones merged).
 
-:func:`apply` builds a trial's Config from the optimized base and runs
-:func:`fastcam.guard.check` on it, so no trial ever trains with a value a
-compliant optimized run may not use.
+:func:`apply` builds a trial's Config from the optimized base with one
+validated ``Config.replace``; the guard runs once, when the trial trains
+(``fastcam.train.train``), and once on best.yaml (fastcam.tuning.report).
 """
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
-from fastcam import guard
-from fastcam.config import Config, Schedule
-from .space import SCHEDULE_OF, ParamSpec
+from fastcam.config import Config
+from .fields import Field, applies, configure, searchable
+from .space import ParamSpec
 
-MILESTONE_COUNT = "lr_schedule.milestones.count"
-# Sampling order: the schedule type decides which schedule parameters exist.
-ORDER = ("optimizer", "start_lr", "weight_decay", "lr_warmup_steps", "lr_warmup_factor", "max_inter_threads",
-         "local_batch_size", "lr_schedule.type", "lr_schedule.milestones", "lr_schedule.decay_rate",
-         "lr_schedule.t_max", "lr_schedule.eta_min")
+COUNT = "count"  # NAME.count: how many items a list field samples
 
 
 def suggest(trial, resolved: dict[str, ParamSpec], base: Config) -> dict[str, Any]:
-    """Sample one trial's parameters (optuna ``Trial``); returns ``trial.params``."""
-    schedule_type = base.hyperparameters.lr_schedule.type
-    for name in ORDER:
+    """Sample one trial's parameters (optuna ``Trial``); returns ``trial.params``.
+
+    Fields are sampled in declaration order, so the schedule type is known
+    before the parts that exist only for one type."""
+    chosen: dict[str, Any] = {}
+    for name, f in searchable().items():
         spec = resolved.get(name)
-        if spec is None or SCHEDULE_OF.get(name, schedule_type) != schedule_type:
+        if spec is None or not applies(f, chosen, base):
             continue
-        if name == "lr_schedule.milestones":
-            count = trial.suggest_categorical(MILESTONE_COUNT, list(spec.count))
+        if f.is_list:
+            count = trial.suggest_categorical(f"{name}.{COUNT}", list(spec.count))
             for i in range(1, count + 1):
                 _suggest_one(trial, f"{name}.{i}", spec)
             continue
-        value = _suggest_one(trial, name, spec)
-        if name == "lr_schedule.type":
-            schedule_type = value
+        chosen[name] = _suggest_one(trial, name, spec)
     return dict(trial.params)
 
 
@@ -54,29 +49,29 @@ def _suggest_one(trial, name: str, spec: ParamSpec):
     return trial.suggest_float(name, float(spec.low), float(spec.high), log=spec.log)
 
 
+def config_values(params: dict[str, Any]) -> dict[str, Any]:
+    """Optuna parameters -> the fields' config values (a list field's items sorted, equal ones merged)."""
+    known = searchable()
+    values: dict[str, Any] = {}
+    items: dict[str, list] = {}
+    for key, value in params.items():
+        if key in known:
+            values[key] = value
+            continue
+        name, _, index = key.rpartition(".")
+        f = known.get(name)
+        if f is None or not f.is_list:
+            raise KeyError(f"{key}: not a parameter of the search space")
+        if index != COUNT:
+            items.setdefault(name, []).append(f.kind(value))
+    for name, listed in items.items():
+        values[name] = tuple(sorted(set(listed)))
+    return values
+
+
 def apply(base: Config, params: dict[str, Any]) -> Config:
-    """``base`` with the trial's parameters set; validated and guard-checked."""
-    config = copy.deepcopy(base)
-    hp = config.hyperparameters
-    schedule = hp.lr_schedule
-    schedule_type = params.get("lr_schedule.type", schedule.type)
-    if schedule_type != schedule.type:
-        schedule = Schedule(type=schedule_type)  # that type's defaults for what the trial does not set
-    milestones = [int(params[k]) for k in params if k.startswith("lr_schedule.milestones.") and k != MILESTONE_COUNT]
-    if milestones:
-        schedule.milestones = sorted(set(milestones))
-    for key in ("decay_rate", "t_max", "eta_min"):
-        if f"lr_schedule.{key}" in params:
-            setattr(schedule, key, params[f"lr_schedule.{key}"])
-    hp.lr_schedule = schedule
-    for name in ("optimizer", "start_lr", "weight_decay", "lr_warmup_steps", "lr_warmup_factor", "local_batch_size"):
-        if name in params:
-            setattr(hp, name, params[name])
-    if "max_inter_threads" in params:
-        config.run.max_inter_threads = int(params["max_inter_threads"])
-    config.validate()
-    guard.check(config)
-    return config
+    """``base`` with the trial's parameters set; validated (not guard-checked)."""
+    return configure(base, config_values(params))
 
 
 def recipe_params(recipe: Config, resolved: dict[str, ParamSpec], base: Config) -> dict[str, Any]:
@@ -88,29 +83,30 @@ def recipe_params(recipe: Config, resolved: dict[str, ParamSpec], base: Config) 
     what a user compares against. A value a categorical parameter does not
     offer is left to the sampler; a number outside a range is kept.
     """
-    hp, schedule = recipe.hyperparameters, recipe.hyperparameters.lr_schedule
-    values: dict[str, Any] = {
-        "optimizer": hp.optimizer, "start_lr": hp.start_lr, "weight_decay": hp.weight_decay,
-        "lr_warmup_steps": hp.lr_warmup_steps, "lr_warmup_factor": hp.lr_warmup_factor,
-        "max_inter_threads": recipe.run.max_inter_threads, "local_batch_size": hp.local_batch_size,
-        "lr_schedule.type": schedule.type, "lr_schedule.decay_rate": schedule.decay_rate,
-        "lr_schedule.t_max": schedule.t_max, "lr_schedule.eta_min": schedule.eta_min,
-    }
-    trial_type = schedule.type if "lr_schedule.type" in resolved else base.hyperparameters.lr_schedule.type
+    known = searchable()
+    # The schedule type the trial will have: the recipe's where the space searches it, else the base's.
+    discriminators = {f.discriminator for f in known.values() if f.discriminator is not None}
+    trial = {n: known[n].read(recipe if n in resolved else base) for n in discriminators}
     out: dict[str, Any] = {}
     for name, spec in resolved.items():
-        if name in SCHEDULE_OF and (SCHEDULE_OF[name] != trial_type or trial_type != schedule.type):
+        f = known[name]
+        if not applies(f, trial, base) or not _same_kind(f, trial, recipe):
             continue  # not sampled for this schedule type, or the recipe has no value for it
-        if name == "lr_schedule.milestones":
-            if len(schedule.milestones) in spec.count:
-                out[MILESTONE_COUNT] = len(schedule.milestones)
-                for i, m in enumerate(schedule.milestones, start=1):
-                    out[f"{name}.{i}"] = int(m)
+        value = f.read(recipe)
+        if f.is_list:
+            if len(value) in spec.count:
+                out[f"{name}.{COUNT}"] = len(value)
+                for i, item in enumerate(value, start=1):
+                    out[f"{name}.{i}"] = f.kind(item)
             continue
-        value = values[name]
         if spec.choices is not None and value not in spec.choices:
             continue
         out[name] = value
     return out
 
 
+def _same_kind(f: Field, trial: dict[str, Any], recipe: Config) -> bool:
+    """A part's recipe value only means something under the recipe's own schedule type."""
+    if f.discriminator is None:
+        return True
+    return trial[f.discriminator] == searchable()[f.discriminator].read(recipe)

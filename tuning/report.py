@@ -19,7 +19,9 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from fastcam.config import Config, atomic_write_text
+from fastcam import guard
+from fastcam.config import Config
+from fastcam.files import atomic_write_text
 from .objective import OBJECTIVES
 from .params import apply
 
@@ -39,7 +41,9 @@ def write_best(study: optuna.Study, replay_base: Config, path: Path) -> FrozenTr
     best = best_trial(study)
     if best is None:
         return None
-    apply(replay_base, best.params).to_yaml(path)
+    config = apply(replay_base, best.params)
+    guard.check(config)  # best.yaml must replay as a compliant optimized run
+    config.to_yaml(path)
     return best
 
 

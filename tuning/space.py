@@ -1,11 +1,14 @@
 """The search space: loaded from YAML, vetted by the guard, scaled to the run.
 
 The file format is documented in the default space, ``space.yaml`` beside this
-module. Loading checks every name with :func:`fastcam.guard.check_name` and
-every bound and choice with :func:`fastcam.guard.check_range`, so a space that
-names a fixed hyperparameter, or a range the rules do not allow, is refused
-(GuardError, exit code 2) before any trial runs. :func:`resolve` then turns
-epoch-valued ranges into optimizer steps and scales learning-rate ranges with
+module; the names it may use are the schema's tunable fields
+(fastcam.tuning.fields). Loading checks every name with
+:func:`fastcam.guard.check_name` and every bound and choice with
+:func:`fastcam.guard.check_range` and by building the config with it, so a
+space that names a fixed hyperparameter, or a value the rules or the config do
+not allow, is refused (GuardError, exit code 2) before any trial runs.
+:func:`resolve` then turns epoch-valued ranges into optimizer steps (with the
+steps per epoch of the trainer's run plan) and scales learning-rate ranges with
 the global batch size.
 """
 
@@ -13,37 +16,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 from fastcam import guard
-from fastcam.config import OPTIMIZERS, SCHEDULES
-from fastcam.errors import ConfigError, GuardError
+from fastcam.config import Config, optimized
+from fastcam.errors import ConfigError, DataError, GuardError
+from .fields import Field, configure, searchable
 
 DEFAULT_SPACE = Path(__file__).with_name("space.yaml")
-
-# What a space may name; the value is the Python type of the config field.
-FIELDS: dict[str, type] = {
-    "optimizer": str,
-    "start_lr": float,
-    "weight_decay": float,
-    "lr_warmup_steps": int,
-    "lr_warmup_factor": float,
-    "max_inter_threads": int,
-    "local_batch_size": int,
-    "lr_schedule.type": str,
-    "lr_schedule.milestones": int,
-    "lr_schedule.decay_rate": float,
-    "lr_schedule.t_max": int,
-    "lr_schedule.eta_min": float,
-}
-STEP_FIELDS = frozenset({"lr_warmup_steps", "lr_schedule.milestones", "lr_schedule.t_max"})
-POSITIVE_FIELDS = frozenset({"start_lr", "local_batch_size", "lr_schedule.milestones", "lr_schedule.t_max",
-                             "lr_schedule.decay_rate"})
-SCHEDULE_OF = {  # schedule-specific parameters and the schedule type they belong to
-    "lr_schedule.milestones": "multistep", "lr_schedule.decay_rate": "multistep",
-    "lr_schedule.t_max": "cosine_annealing", "lr_schedule.eta_min": "cosine_annealing",
-}
 SPEC_KEYS = frozenset({"choices", "low", "high", "log", "unit", "scale", "count"})
 UNITS = ("value", "epochs")
 SCALES = ("none", "sqrt_batch")
@@ -60,11 +42,15 @@ class ParamSpec:
     log: bool = False
     unit: str = "value"
     scale: str = "none"
-    count: tuple[int, ...] = (1,)  # lr_schedule.milestones only
+    count: tuple[int, ...] = (1,)  # list fields only: how many values to sample
+
+    @property
+    def field(self) -> Field:
+        return searchable()[self.name]
 
     @property
     def is_int(self) -> bool:
-        return FIELDS[self.name] is int
+        return self.field.kind is int
 
 
 @dataclass(frozen=True)
@@ -74,10 +60,11 @@ class SearchSpace:
     reference_train_samples: int
     params: dict[str, ParamSpec] = field(default_factory=dict)
 
-    def without(self, names) -> "SearchSpace":
-        """The space with ``names`` (and, for lr_schedule, its parts) removed: pinned by flags."""
-        drop = {n for n in self.params if n in names or n.split(".")[0] in names}
-        return replace(self, params={n: p for n, p in self.params.items() if n not in drop})
+    def without(self, dests) -> "SearchSpace":
+        """The space without the fields whose flags (argparse ``dests``, e.g.
+        ``hyperparameters.NAME``; the schedule's flag pins every part) were given."""
+        dests = set(dests)
+        return replace(self, params={n: p for n, p in self.params.items() if p.field.dest not in dests})
 
 
 @dataclass(frozen=True)
@@ -120,33 +107,37 @@ def space_from_dict(data: Any, source: str = "search space") -> SearchSpace:
 
 
 def _param(name: str, spec: Any, source: str) -> ParamSpec:
-    guard.check_name(name)  # a fixed hyperparameter is a GuardError, before anything else
     where = f"{source}: {name}"
-    if name not in FIELDS:
-        raise ConfigError(f"{where}: not a tunable parameter (known: {', '.join(FIELDS)})")
+    known = searchable()
+    if name not in known:
+        if name.partition(".")[0] not in {f.key for f in known.values() if f.part is not None}:
+            guard.check_name(name)  # a fixed hyperparameter is a GuardError, before anything else
+        raise ConfigError(f"{where}: not a tunable parameter (known: {', '.join(known)})")
+    guard.check_name(name)  # the rules agree that it may change
+    f = known[name]
     if not isinstance(spec, dict):
         raise ConfigError(f"{where}: expected a mapping with 'choices' or 'low'/'high'")
     if set(spec) - SPEC_KEYS:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(set(spec) - SPEC_KEYS))}")
     unit, scale = str(spec.get("unit", "value")), str(spec.get("scale", "none"))
-    if unit not in UNITS or (unit == "epochs" and name not in STEP_FIELDS):
+    if unit not in UNITS or (unit == "epochs" and not f.is_step_count):
         raise ConfigError(f"{where}: unit must be one of {', '.join(UNITS)} (epochs only for step counts)")
-    if scale not in SCALES or (scale != "none" and FIELDS[name] is not float):
+    if scale not in SCALES or (scale != "none" and f.kind is not float):
         raise ConfigError(f"{where}: scale must be one of {', '.join(SCALES)} (sqrt_batch only for real values)")
     count = (1,)
     if "count" in spec:
-        if name != "lr_schedule.milestones":
-            raise ConfigError(f"{where}: 'count' applies to lr_schedule.milestones only")
+        if not f.is_list:
+            raise ConfigError(f"{where}: 'count' applies to list parameters only")
         count = tuple(_positive_int(c, f"{where}.count") for c in _as_list(spec["count"], f"{where}.count"))
     ranged = [key for key in ("low", "high") if key in spec]
     if ("choices" in spec) == bool(ranged) or len(ranged) == 1:
         raise ConfigError(f"{where}: give either 'choices' or both 'low' and 'high'")
     if "choices" in spec:
-        choices = tuple(_choice(name, c, where) for c in _as_list(spec["choices"], f"{where}.choices"))
+        choices = tuple(_choice(f, c, where) for c in _as_list(spec["choices"], f"{where}.choices"))
         if unit == "epochs" or scale != "none":
             raise ConfigError(f"{where}: unit and scale apply to ranges, not choices")
         return ParamSpec(name, choices=choices, count=count)
-    if name in ("optimizer", "lr_schedule.type"):
+    if f.kind is str:
         raise ConfigError(f"{where}: takes 'choices', not a range")
     low, high = _number(spec.get("low"), f"{where}.low"), _number(spec.get("high"), f"{where}.high")
     log = spec.get("log", False)
@@ -156,42 +147,59 @@ def _param(name: str, spec: Any, source: str) -> ParamSpec:
         raise ConfigError(f"{where}: low {low:g} is above high {high:g}")
     if log and low <= 0:
         raise ConfigError(f"{where}: a log-scale range needs low > 0, got {low:g}")
-    _vet_value(name, low, where)
-    _vet_value(name, high, where)
+    # Bounds may be in epochs or at the reference scale: the rules' range here, the config's own
+    # validation once resolve() has them in the config's units.
+    _vet_value(f, low, where, build=False)
+    _vet_value(f, high, where, build=False)
     return ParamSpec(name, low=low, high=high, log=log, unit=unit, scale=scale, count=count)
 
 
-def _choice(name: str, value: Any, where: str):
-    kind = FIELDS[name]
-    if name == "optimizer":
-        match = [o for o in OPTIMIZERS if str(value).lower() == o.lower()]
-        if not match:
-            raise GuardError(f"{where}: optimizer {value!r} is not allowed: the rules allow {', '.join(OPTIMIZERS)}")
-        return match[0]
-    if name == "lr_schedule.type":
-        value = "cosine_annealing" if value == "cosine" else value
-        if value not in SCHEDULES:
-            raise GuardError(f"{where}: schedule {value!r} is not allowed: the rules allow {', '.join(SCHEDULES)}")
-        return value
-    number = _number(value, f"{where}.choices")
-    if kind is int:
-        if not float(number).is_integer():
-            raise ConfigError(f"{where}.choices: {value!r} is not an integer")
-        number = int(number)
-    _vet_value(name, number, where)
-    return number
+def _choice(f: Field, value: Any, where: str):
+    """A choice as the config spells it ('lamb' -> 'LAMB', 'cosine' -> 'cosine_annealing')."""
+    if f.kind is not str:
+        value = _number(value, f"{where}.choices")
+        if f.kind is int:
+            if not float(value).is_integer():
+                raise ConfigError(f"{where}.choices: {value!r} is not an integer")
+            value = int(value)
+    return _vet_value(f, value, where)
 
 
-def _vet_value(name: str, value: float, where: str) -> None:
-    field_name = name.split(".")[-1]
+def _vet_value(f: Field, value: Any, where: str, build: bool = True):
+    """Refuse a value the rules (fastcam.guard) or, with ``build``, the config
+    itself do not allow; returns it as the config holds it."""
     try:
-        guard.check_range(field_name, value)
+        if not isinstance(value, str):
+            guard.check_range(f.part or f.key, value, f.param)
+        if not build:
+            return value
+        held = f.read(_probe(f, value))
     except GuardError as err:
         raise GuardError(f"{where}: {err}") from None
-    if name in POSITIVE_FIELDS and value <= 0:
-        raise GuardError(f"{where}: {field_name} {value:g} is not allowed: it must be > 0")
-    if value < 0:
-        raise GuardError(f"{where}: {field_name} {value:g} is not allowed: it must be >= 0")
+    except ConfigError as err:  # the config's own validation (a type, a range, an order)
+        raise GuardError(f"{where}: {value!r} is not allowed: {err}") from None
+    return held[0] if f.is_list else held
+
+
+def _probe(f: Field, value: Any) -> Config:
+    """The optimized recipe with ``value`` set (for a part, under the schedule type it belongs to)."""
+    values = {f.name: (value,) if f.is_list else value}
+    if f.belongs_to is not None:
+        values[f.discriminator] = min(f.belongs_to)
+    return configure(_recipe(), values)
+
+
+@cache
+def _recipe() -> Config:
+    return optimized()
+
+
+def _accepts(f: Field, value: Any) -> bool:
+    try:
+        _vet_value(f, value, f.name)
+        return True
+    except GuardError:
+        return False
 
 
 def _as_list(value: Any, where: str) -> list:
@@ -213,15 +221,20 @@ def _positive_int(value: Any, where: str) -> int:
 
 
 # -- scaling ---------------------------------------------------------------------
-def run_scale(train_samples: int, local_batch_size: int, world_size: int = 1) -> RunScale:
-    """Steps per epoch as the trainer counts them (distributed sampler, drop last)."""
-    global_batch = local_batch_size * world_size
-    steps = (train_samples // world_size) // local_batch_size
-    if steps < 1:
-        from fastcam.errors import DataError
+def run_scale(config: Config) -> RunScale:
+    """The global batch and steps per epoch of a trial of ``config``, from the
+    run plan the trainer uses (one process per trial)."""
+    import torch
 
-        raise DataError(f"{train_samples} training samples are fewer than the global batch size {global_batch}")
-    return RunScale(global_batch, steps)
+    from fastcam import distributed
+    from fastcam.train.plan import resolve_plan
+
+    ctx = distributed.init_distributed("single", "cpu")  # a trial never joins a process group
+    plan = resolve_plan(config, ctx, device=torch.device("cpu"))  # the device does not change the counts
+    if plan.steps_per_epoch < 1:
+        raise DataError(f"{plan.train_samples} training samples are fewer than the global batch size "
+                        f"{plan.global_batch_size}")
+    return RunScale(plan.global_batch_size, plan.steps_per_epoch)
 
 
 def lr_factor(space: SearchSpace, scale: RunScale) -> float:
@@ -242,7 +255,7 @@ def resolve(space: SearchSpace, scale: RunScale) -> dict[str, ParamSpec]:
             continue
         low, high = p.low, p.high
         if p.unit == "epochs":
-            floor = 1 if name in POSITIVE_FIELDS else 0
+            floor = 0 if _accepts(p.field, 0) else 1
             low = max(floor, round(low * scale.steps_per_epoch))
             high = max(low, round(high * scale.steps_per_epoch))
         elif p.scale == "sqrt_batch":
@@ -252,7 +265,7 @@ def resolve(space: SearchSpace, scale: RunScale) -> dict[str, ParamSpec]:
             if low > high:
                 raise ConfigError(f"{space.source}: {name}: no integer lies in [{p.low:g}, {p.high:g}]")
         for value in (low, high):
-            _vet_value(name, value, f"{space.source}: {name} (scaled)")
+            _vet_value(p.field, value, f"{space.source}: {name} (scaled)")
         resolved[name] = replace(p, low=low, high=high, unit="value", scale="none")
     return resolved
 
@@ -265,6 +278,6 @@ def describe(resolved: dict[str, ParamSpec]) -> dict[str, Any]:
             out[name] = {"choices": list(p.choices)}
         else:
             out[name] = {"low": p.low, "high": p.high, "log": p.log}
-        if name == "lr_schedule.milestones":
+        if p.field.is_list:
             out[name]["count"] = list(p.count)
     return out
