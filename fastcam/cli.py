@@ -18,7 +18,10 @@ COMMAND_MODULES = (
     "fastcam.train.cli",
     "fastcam.tuning.cli",
     "fastcam.compare.cli",
+    "fastcam.compare.package",
     "fastcam.bench",
+    "fastcam.projection.cli",
+    "fastcam.rules.cli",
 )
 
 
@@ -30,13 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=_version())
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as err:  # a command group not built yet
-            if err.name == name:
-                continue
-            raise
-        module.register(subparsers)
+        importlib.import_module(name).register(subparsers)
     return parser
 
 

@@ -115,10 +115,11 @@ def test_profiles_are_immutable_and_cached():
         p.baseline["start_lr"] = 1.0
     with pytest.raises(TypeError):
         p.mutable["start_lr"]["min"] = 1.0
-    # hyperparameters() hands out a fresh, mutable copy each time.
+    # hyperparameters() hands out the recipe as a (frozen) config section.
     hyper = p.hyperparameters()
-    hyper.lr_schedule.milestones.append(5000)
-    assert p.baseline["lr_schedule"]["milestones"] == (1200,)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        hyper.start_lr = 1.0
+    assert hyper.lr_schedule.milestones == p.baseline["lr_schedule"]["milestones"] == (1200,)
 
 
 def test_unknown_profile_is_one_line_listing_the_known_ones():

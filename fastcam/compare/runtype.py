@@ -26,25 +26,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from fastcam import logkeys
+from fastcam import logkeys, schema
 from fastcam.compare.logs import RunLog
-from fastcam.config import canonical_optimizer
+from fastcam.config import Hyperparameters, canonical_optimizer
 from fastcam.errors import ConfigError
 
 RUN_TYPES = ("baseline", "ported", "optimized", "open")
-# fastcam config field -> the log key the reference writes for it.
-_LOG_KEYS = {
-    "local_batch_size": logkeys.LOCAL_BATCH_SIZE,
-    "optimizer": logkeys.OPT_NAME,
-    "start_lr": logkeys.OPT_LR,
-    "optimizer_betas": logkeys.OPT_BETAS,
-    "optimizer_eps": logkeys.OPT_EPS,
-    "weight_decay": logkeys.OPT_WEIGHT_DECAY,
-    "lr_warmup_steps": logkeys.SCHEDULER_PREFIX + "lr_warmup_steps",
-    "lr_warmup_factor": logkeys.SCHEDULER_PREFIX + "lr_warmup_factor",
-    "gradient_accumulation_frequency": logkeys.GRADIENT_ACCUMULATION_FREQUENCY,
-    "batchnorm_group_size": logkeys.BATCHNORM_GROUP_SIZE,
-}
+# fastcam config field -> the log key the reference writes for it, from the
+# config's declaration (the schedule's keys are compared apart, by type).
+_LOG_KEYS = {name: p.log_key for name, p in schema.params(Hyperparameters)
+             if p.log_key is not None and name != "lr_schedule"}
 PRECISION_MODE = "precision_mode"  # NVIDIA's key (and fastcam's, issue 15)
 # Spellings seen in logs -> the profile's names. NVIDIA's DeepCAM logs "amp" for
 # its fp16 autocast + GradScaler mode (mlcommons/hpc_results_v3.0 NVIDIA result files).

@@ -116,9 +116,7 @@ class Profile:
 
         values = {k: _thaw(v) for k, v in self.baseline.items()}
         values["lr_schedule"] = Schedule(**values["lr_schedule"])
-        hyper = Hyperparameters(**values)
-        hyper.validate()
-        return hyper
+        return Hyperparameters(**values)  # validated on construction
 
     def _run_type(self, run_type: str) -> str:
         if run_type not in self.run_types:
@@ -273,9 +271,8 @@ class _Parser:
         values = {name: (self.schedule(f"baseline.{name}", value) if name == "lr_schedule"
                          else self.like(f"baseline.{name}", value, getattr(template, name)))
                   for name, value in data.items()}
-        hyper = Hyperparameters(**{**values, "lr_schedule": Schedule(**values["lr_schedule"])})
         try:
-            hyper.validate()
+            hyper = Hyperparameters(**{**values, "lr_schedule": Schedule(**values["lr_schedule"])})
         except ConfigError as err:
             self.fail("baseline", f"not a valid set of hyperparameters: {err}")
         result = {name: getattr(hyper, name) for name in _hyperparameter_names()}
@@ -480,7 +477,7 @@ class _Parser:
             return self.number(key, value)
         if isinstance(template, str):
             return self.text(key, value)
-        if isinstance(template, list):
+        if isinstance(template, (list, tuple)):
             element = template[0] if template else 0.0
             return [self.like(f"{key}[{i}]", v, element) for i, v in enumerate(self.sequence(key, value))]
         self.fail(key, "cannot be constrained")  # a whole schedule: constrain its parts instead
