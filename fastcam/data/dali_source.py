@@ -33,23 +33,8 @@ import numpy as np
 import torch
 
 from fastcam.data import stage_format
-from fastcam.data.staged import _read_exact
+from fastcam.data.staged import batch_count, epoch_order, read_exact
 from fastcam.errors import DataError
-
-
-def epoch_order(count: int, shuffle: bool, seed: int, epoch: int) -> list[int]:
-    """The staged loader's sample order for one epoch (:meth:`StagedLoader.order`)."""
-    if not shuffle:
-        return list(range(count))
-    generator = torch.Generator()
-    generator.manual_seed(seed + epoch)
-    return torch.randperm(count, generator=generator).tolist()
-
-
-def batch_count(count: int, batch_size: int, drop_last: bool) -> int:
-    """Batches per epoch (:meth:`StagedLoader.__len__`)."""
-    full, rest = divmod(count, batch_size)
-    return full if drop_last or not rest else full + 1
 
 
 class StagedBatchSource:
@@ -103,8 +88,8 @@ class StagedBatchSource:
         inputs, labels, names = self._batch_buffers()
         rows = len(indices)
         for row, sample in enumerate(indices):
-            _read_exact(self._fd(stage_format.INPUTS_FILE), inputs[row], sample * self.input_bytes, self.directory)
-            _read_exact(self._fd(stage_format.LABELS_FILE), labels[row], sample * self.label_bytes, self.directory)
+            read_exact(self._fd(stage_format.INPUTS_FILE), inputs[row], sample * self.input_bytes, self.directory)
+            read_exact(self._fd(stage_format.LABELS_FILE), labels[row], sample * self.label_bytes, self.directory)
             names[row] = sample
         return inputs[:rows], labels[:rows], names[:rows]
 

@@ -104,16 +104,11 @@ class StagedLoader:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        full, rest = divmod(self.count, self.batch_size)
-        return full if self.drop_last or not rest else full + 1
+        return batch_count(self.count, self.batch_size, self.drop_last)
 
     def order(self) -> list[int]:
         """This epoch's sample order (before batching)."""
-        if not self.shuffle:
-            return list(range(self.count))
-        generator = torch.Generator()
-        generator.manual_seed(self.seed + self.epoch)
-        return torch.randperm(self.count, generator=generator).tolist()
+        return epoch_order(self.count, self.shuffle, self.seed, self.epoch)
 
     def close(self) -> None:
         for fd in getattr(self, "_fds", {}).values():
@@ -183,10 +178,10 @@ class StagedLoader:
     def _read(self, host: _HostBatch, row: int, sample: int) -> None:
         if host.copied is not None:
             host.copied.synchronize()  # the previous batch in this pinned buffer has left it
-        _read_exact(self._fds[stage.INPUTS_FILE], host.inputs[row].numpy(), sample * self._input_bytes, self.directory)
+        read_exact(self._fds[stage.INPUTS_FILE], host.inputs[row].numpy(), sample * self._input_bytes, self.directory)
         labels = host.labels[row]
         staged = labels if labels.dtype == torch.uint8 else torch.empty(labels.shape, dtype=torch.uint8)
-        _read_exact(self._fds[stage.LABELS_FILE], staged.numpy(), sample * self._label_bytes, self.directory)
+        read_exact(self._fds[stage.LABELS_FILE], staged.numpy(), sample * self._label_bytes, self.directory)
         if staged is not labels:
             labels.copy_(staged)
 
@@ -204,7 +199,23 @@ class StagedLoader:
         return inputs, labels, host.names, host.copied
 
 
-def _read_exact(fd: int, buffer: np.ndarray, offset: int, directory: Path) -> None:
+def epoch_order(count: int, shuffle: bool, seed: int, epoch: int) -> list[int]:
+    """A split's sample order for one epoch: ``randperm`` under ``seed + epoch``
+    (shared with fastcam.data.dali, so both loaders give the same batches)."""
+    if not shuffle:
+        return list(range(count))
+    generator = torch.Generator()
+    generator.manual_seed(seed + epoch)
+    return torch.randperm(count, generator=generator).tolist()
+
+
+def batch_count(count: int, batch_size: int, drop_last: bool) -> int:
+    """Batches per epoch of ``count`` samples."""
+    full, rest = divmod(count, batch_size)
+    return full if drop_last or not rest else full + 1
+
+
+def read_exact(fd: int, buffer: np.ndarray, offset: int, directory: Path) -> None:
     view = memoryview(buffer).cast("B")
     done = 0
     while done < len(view):
