@@ -24,12 +24,14 @@ import pytest
 import yaml
 
 from fastcam import guard, schema
-from fastcam.cli import main
+from fastcam.cli import build_parser, main
 from fastcam.config import Config, Hyperparameters, baseline, optimized
 from fastcam.errors import ConfigError, FastcamError, GuardError
-from fastcam.train.cli import parse_train_config
 from fastcam.train import EpochRecord
-from fastcam.tuning import heartbeat, objective, params, space as sp, study as st
+from fastcam.train.cli import parse_train_config
+from fastcam.tuning import heartbeat, objective, params
+from fastcam.tuning import space as sp
+from fastcam.tuning import study as st
 from fastcam.tuning.cli import worker_device
 
 REFERENCE = sp.RunScale(global_batch=128, steps_per_epoch=947)
@@ -67,10 +69,24 @@ def test_default_space_is_vetted_and_scales_with_batch_and_epoch_length():
     ({"start_lr": {"low": 1e-4, "high": 1e-3, "step": 2}}, ConfigError, "unknown key"),
     ({"lr_schedule.bogus": {"low": 1, "high": 2}}, ConfigError, "not a tunable parameter"),
     ({"weight_decay": {"low": 0.0, "high": 0.1, "log": True}}, ConfigError, "log-scale"),
+    ({"lr_schedule.milestones": {"choices": [0]}}, GuardError, "increasing positive steps"),  # the config's rule
+    ({"lr_schedule.t_max": {"low": 1, "high": 2, "unit": "epochs", "scale": "sqrt_batch"}}, ConfigError,
+     "sqrt_batch only for real values"),
+    ({"start_lr": {"low": 1e-4, "high": 1e-3, "unit": "epochs"}}, ConfigError, "epochs only for step counts"),
+    ({"optimizer": {"low": 1, "high": 2}}, ConfigError, "takes 'choices'"),
 ])
 def test_a_space_outside_the_rules_is_refused(parameters, error, words):
     with pytest.raises(error, match=words):
         _space(parameters)
+
+
+def test_choices_are_held_as_the_config_spells_them():
+    space = _space({"optimizer": {"choices": ["lamb", "AdamW"]}, "lr_schedule.type": {"choices": ["cosine"]},
+                    "max_inter_threads": {"choices": [2.0]}})
+    assert space.params["optimizer"].choices == ("LAMB", "AdamW")
+    assert space.params["lr_schedule.type"].choices == ("cosine_annealing",)
+    threads = space.params["max_inter_threads"].choices
+    assert threads == (2,) and isinstance(threads[0], int)
 
 
 def test_cli_refuses_a_space_naming_a_fixed_hyperparameter_before_any_trial(tmp_path, capsys):
@@ -381,7 +397,7 @@ def test_two_workers_started_at_once_share_one_study(tune_data, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_killed_worker_leaves_a_failed_trial_that_a_rerun_retries(tune_data, tmp_path):
+def test_a_killed_worker_leaves_a_failed_trial_that_a_rerun_retries(tune_data, tmp_path, capsys):
     out = tmp_path / "out"
     beat = ["--heartbeat_interval", "0.5", "--grace_period", "2"]
     victim = _tune_process(tune_data, out, 3, *beat, delay=3600)  # never finishes its first trial
@@ -396,7 +412,14 @@ def test_a_killed_worker_leaves_a_failed_trial_that_a_rerun_retries(tune_data, t
     assert killed.state.name == "RUNNING"  # nobody marked it: the worker died
     time.sleep(2.5)  # let the grace period pass
 
-    output = _finish(_tune_process(tune_data, out, 3, *beat))
+    import torch
+
+    from fastcam.tuning.cli import run_tune
+
+    # The rerun in this process (no second interpreter start-up), with the same one-layer network.
+    args = build_parser().parse_args(["tune", *_flags(tune_data, out, 3, *beat)])
+    assert run_tune(args, model_factory=lambda: torch.nn.Conv2d(16, 3, 1)) == 0
+    output = capsys.readouterr().out
     study = _load(out)
     assert "trial 0: no heartbeat" in output
     assert study.trials[0].state.name == "FAIL"

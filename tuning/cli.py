@@ -81,7 +81,9 @@ def run_tune(args: argparse.Namespace, model_factory: Callable | None = None) ->
     """``fastcam tune``. ``model_factory`` replaces the reference network in
     every trial (no flag: tests of the study mechanics use a tiny network)."""
     from fastcam import guard
-    from . import space as space_mod, study as study_mod
+
+    from . import space as space_mod
+    from . import study as study_mod
     from .fields import searchable
 
     grace = _check_tuning_flags(args)
@@ -152,6 +154,7 @@ def _check_tuning_flags(args: argparse.Namespace) -> float:
 def _recipe_trials(resolved, base) -> list[tuple[str, dict]]:
     """The baseline hyperparameters and the optimized defaults, as the study's first trials."""
     from fastcam.config import baseline, optimized
+
     from .params import recipe_params
 
     trials: list[tuple[str, dict]] = []

@@ -1,12 +1,13 @@
 """The config fields a search space may name, derived from fastcam.schema.
 
-Nothing here lists hyperparameters: a field is searchable when its schema
-declaration says ``tunable=True`` (``Hyperparameters`` and ``RunSettings``,
-in declaration order). A tunable field that is itself a section (the LR
-schedule) is searched through its parts: every ``mutable`` field of that
-section, named ``FIELD.PART`` (``lr_schedule.t_max``). Which parts exist for
-which schedule type is what ``Schedule.as_dict`` says, so adding a tunable
-field to fastcam/config.py makes it searchable without touching tuning/.
+A field is searchable when its schema declaration says ``tunable=True``
+(``Hyperparameters`` and ``RunSettings``, in declaration order). A tunable
+field that is itself a section (the LR schedule) is searched through its
+parts: every ``mutable`` field of that section, named ``FIELD.PART``. Which
+parts exist for which schedule type is what ``Schedule.as_dict`` says. So
+adding a tunable field to fastcam/config.py makes it searchable without
+touching tuning/; the one list kept here is :data:`STEP_COUNTS`, because the
+schema does not yet say which fields count optimizer steps.
 
 :func:`configure` is the one way a trial's values become a Config: one
 ``Config.replace``, validated by construction (the guard runs once, in
@@ -25,8 +26,7 @@ from fastcam.config import SECTIONS, Config
 
 SEARCHED_SECTIONS = ("hyperparameters", "run")
 # The part of a nested section that decides which of its other parts exist
-# (Schedule.type: multistep has milestones and decay_rate, cosine_annealing
-# t_max and eta_min; see Schedule.as_dict).
+# (Schedule.type; the parts of each type are the keys of Schedule.as_dict).
 DISCRIMINATOR = "type"
 # Optimizer-step counts, which a space may give in epochs (``unit: epochs``).
 # The schema has no unit metadata yet; see the report of issue 12 for the

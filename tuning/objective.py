@@ -51,6 +51,7 @@ import torch
 
 from fastcam.config import Config
 from fastcam.train import Callback, train
+
 from .heartbeat import Heartbeat
 from .params import apply, suggest
 from .space import ParamSpec

@@ -3,7 +3,7 @@
 Optuna parameter names are the space's names (fastcam.tuning.fields: the
 config field, or ``FIELD.PART`` of the LR schedule) with the values the
 config uses, so the trials table reads as a list of runs. A list field (the
-multistep milestones) is the exception: it samples ``NAME.count`` and then
+multistep schedule's steps) is the exception: it samples ``NAME.count`` and then
 ``NAME.1`` ... ``NAME.N``, which :func:`apply` sorts (equal ones merged).
 
 :func:`apply` builds a trial's Config from the optimized base with one
@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastcam.config import Config
+
 from .fields import Field, applies, configure, searchable
 from .space import ParamSpec
 

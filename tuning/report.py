@@ -22,6 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 from fastcam import guard
 from fastcam.config import Config
 from fastcam.files import atomic_write_text
+
 from .objective import OBJECTIVES
 from .params import apply
 

@@ -23,6 +23,7 @@ from typing import Any
 from fastcam import guard
 from fastcam.config import Config, optimized
 from fastcam.errors import ConfigError, DataError, GuardError
+
 from .fields import Field, configure, searchable
 
 DEFAULT_SPACE = Path(__file__).with_name("space.yaml")

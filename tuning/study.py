@@ -21,6 +21,7 @@ import optuna
 from optuna.trial import TrialState
 
 from fastcam.errors import ConfigError, FastcamError
+
 from .heartbeat import fail_stale_trials
 
 JOURNAL_NAME = "tuning.journal"
@@ -120,7 +121,7 @@ def run_worker(study: optuna.Study, objective: Callable, n_trials: int, grace: f
                 # Enqueued recipe values outside a range are intended (see params.recipe_params).
                 warnings.filterwarnings("ignore", message="Fixed parameter .* is out of range")
                 outcome: list[optuna.trial.FrozenTrial] = []
-                study.optimize(recorded, n_trials=1, catch=catch, callbacks=[lambda _s, t: outcome.append(t)])
+                study.optimize(recorded, n_trials=1, catch=catch, callbacks=[lambda _s, t, out=outcome: out.append(t)])
         except optuna.exceptions.UpdateFinishedTrialError:
             # This worker was judged dead (no heartbeat within the grace period) and its trial retried.
             echo("this worker's trial was marked failed by another worker (heartbeat too late); continuing")
