@@ -149,9 +149,14 @@ def test_loader_and_epoch_parts(smoke):
 def test_micro_part(smoke):
     out, _ = smoke
     micro = results(out, "micro")
-    for name in ("lamb_ms", "adamw_fused_ms", "adamw_default_ms"):
-        assert micro["optimizer"][name] > 0
-    assert "lamb_triton_ms" in micro["optimizer"] or micro["optimizer"]["lamb_triton"].startswith("skipped")
+    optimizer = micro["optimizer"]
+    assert all(optimizer[f"{name}_ms"] > 0 for name in ("lamb", "lamb_fused", "adamw_fused", "adamw_default"))
+    assert optimizer["lamb_implementation"] == "LAMB (torch foreach)"
+    assert optimizer["adamw_fused_implementation"] == "AdamW (torch fused)"
+    if results(out, "env")["host"]["importable"]["triton"]:  # run in triton's interpreter
+        assert optimizer["lamb_triton_implementation"] == "LAMB (triton fused)" and optimizer["lamb_triton_ms"] > 0
+    else:
+        assert optimizer["lamb_triton"].startswith("skipped")
     assert micro["loss"]["shape"] == [SMOKE["batch"], 3, SMOKE["height"], SMOKE["width"]]
     assert micro["loss"]["forward_backward_ms"] > 0 and micro["loss"]["iou_ms"] > 0
     for kind in ("depthwise_conv", "bn_relu"):

@@ -18,16 +18,15 @@ from pathlib import Path
 from typing import Iterable
 
 import torch
-
 import tree  # noqa: F401  (first: resolves fastcam's mapped packages from the working tree)
+from report import Settings
+
 from fastcam.config import Config, recipe
 from fastcam.distributed import init_distributed
 from fastcam.train import inputs
 from fastcam.train.optim import build_optimizer
 from fastcam.train.plan import RunPlan, resolve_plan
 from fastcam.train.trainer import Trainer
-
-from report import Settings
 
 CHANNELS = 16
 
@@ -159,6 +158,24 @@ def train_loader(loaders, epoch: int):
 def optimizer(name: str, params, *, fused: bool) -> torch.optim.Optimizer:
     """An optimizer as the runs build it (the optimized recipe's LAMB settings)."""
     return build_optimizer(params, name, 0.00155, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01, fused=fused)
+
+
+def optimizer_implementation(opt: torch.optim.Optimizer) -> str:
+    from fastcam.train.optim import optimizer_implementation as name
+
+    return name(opt)
+
+
+def triton_lamb(params):
+    """A maker of fastcam.kernels' Triton LAMB over ``params`` (the optimized recipe's
+    settings), or None when triton is not importable."""
+    from fastcam.kernels import triton_available
+
+    if not triton_available():
+        return None
+    from fastcam.kernels.lamb import TritonLamb
+
+    return lambda: TritonLamb(params, lr=0.00155, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01)
 
 
 def model(dev: torch.device, channels_last: bool) -> torch.nn.Module:

@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import os
 
-import torch
-
 import common
 import eager
+import torch
 from report import Report, Settings, main, say
 
 MODE = "optimized"

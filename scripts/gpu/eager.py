@@ -24,7 +24,7 @@ MODES = ("baseline", "optimized")
 def run(report: Report, settings: Settings) -> None:
     data = prepare(report, settings)
     for mode in MODES:
-        report.attempt(mode, lambda: measure(report, settings, data, mode, compile_backend=None))
+        report.attempt(mode, lambda mode=mode: measure(report, settings, data, mode, compile_backend=None))
 
 
 def prepare(report: Report, settings: Settings):

@@ -31,7 +31,7 @@ def run(report: Report, settings: Settings) -> None:
     root, stage_s = common.stage(settings, data)
     report.record("data", path=str(data), synth_s=synth_s, staging_s=stage_s, cache=str(root))
     for mode in MODES:
-        report.attempt(mode, lambda: measure(report, settings, mode, data, root))
+        report.attempt(mode, lambda mode=mode: measure(report, settings, mode, data, root))
 
 
 def compile_switch(settings: Settings) -> tuple[str, str]:

@@ -18,10 +18,9 @@ from __future__ import annotations
 import time
 from collections import deque
 
-import numpy as np
-
 import common
 import dataset
+import numpy as np
 from report import Report, Settings, main, say
 
 EPOCHS = 3

@@ -1,10 +1,11 @@
 """GPU check part ``micro``: microbenchmarks that decide where kernel work pays.
 
 - ``optimizer``: one step over the full network's parameters with random
-  gradients: LAMB (``fastcam.train.lamb``, multi-tensor), fused AdamW, AdamW
-  with torch's default implementation, and a Triton LAMB if ``fastcam.kernels``
-  provides one (an Optimizer subclass in a ``fastcam.kernels`` module whose
-  name contains "lamb"; skipped when there is none).
+  gradients, each optimizer built by the runs' factory and named by what runs
+  (``fastcam.train.optim.optimizer_implementation``): LAMB (torch foreach),
+  LAMB fused (the Triton LAMB of ``fastcam.kernels`` on CUDA), fused AdamW,
+  AdamW with torch's default; without CUDA the Triton LAMB runs directly, in
+  triton's interpreter, when triton is importable.
 - ``loss``: ``fastcam.loss.weighted_cross_entropy`` forward and forward +
   backward on full-size logits, and the evaluation's per-sample IoU.
 - ``depthwise_conv`` and ``bn_relu``: forward and forward + backward at the
@@ -20,18 +21,18 @@ triton's interpreter there).
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import pkgutil
 import time
 from typing import Callable
 
-import torch
-
 import common
+import torch
 from report import Report, Settings, main, say
 
 SMOKE_TENSORS = 4
+# (name, optimizer, fused) through the runs' optimizer factory; LAMB fused is what the optimized
+# recipe runs (the Triton LAMB on CUDA when triton is installed).
+VARIANTS = (("lamb", "LAMB", False), ("lamb_fused", "LAMB", True), ("adamw_fused", "AdamW", True),
+            ("adamw_default", "AdamW", False))
 # (name, channels, stride relative to the input, dilation)
 SHAPES = (("entry", 128, 4, 1), ("middle", 728, 16, 1), ("exit", 1536, 16, 2))
 
@@ -65,39 +66,25 @@ def optimizers(report: Report, settings: Settings, dev: torch.device, warmup: in
     for p in params:
         p.grad = torch.randn_like(p) * 1e-3  # same strides as the parameter, as autograd makes them
     report.record("optimizer", tensors=len(params), parameters=sum(p.numel() for p in params))
-    variants: list[tuple[str, Callable[[], torch.optim.Optimizer]]] = [
-        ("lamb", lambda: common.optimizer("LAMB", params, fused=False)),
-        ("adamw_fused", lambda: common.optimizer("AdamW", params, fused=True)),
-        ("adamw_default", lambda: common.optimizer("AdamW", params, fused=False)),
-    ]
-    triton_lamb = _triton_lamb()
-    if triton_lamb is None:
-        report.record("optimizer", lamb_triton="skipped: no Triton LAMB in fastcam.kernels")
-    else:
-        variants.append(("lamb_triton", lambda: triton_lamb(params, lr=0.00155, weight_decay=0.01)))
+    variants = [(name, lambda n=optimizer, f=fused: common.optimizer(n, params, fused=f))
+                for name, optimizer, fused in VARIANTS]
     for name, make in variants:
-        def step(make=make, name=name):
-            opt = make()
-            ms = timed(opt.step, dev, warmup, iters)
-            report.record("optimizer", **{f"{name}_ms": ms})
-            say(f"optimizer {name}: {ms:.2f} ms/step")
-        report.attempt(f"optimizer.{name}", step)
+        report.attempt(f"optimizer.{name}", lambda name=name, make=make: _step(report, dev, warmup, iters, name, make))
+    implementations = [v for k, v in report.data["results"]["optimizer"].items() if k.endswith("_implementation")]
+    if not any("triton" in v for v in implementations):
+        # Without CUDA the factory never picks the Triton LAMB; run it directly (in triton's interpreter).
+        make = common.triton_lamb(params)
+        if make is None:
+            report.record("optimizer", lamb_triton="skipped: triton is not importable")
+        else:
+            report.attempt("optimizer.lamb_triton", lambda: _step(report, dev, warmup, iters, "lamb_triton", make))
 
 
-def _triton_lamb():
-    """An Optimizer subclass from a fastcam.kernels module named like *lamb*, or None."""
-    if importlib.util.find_spec("fastcam.kernels") is None:
-        return None
-    package = importlib.import_module("fastcam.kernels")
-    for info in pkgutil.iter_modules(package.__path__):
-        if "lamb" not in info.name.lower():
-            continue
-        module = importlib.import_module(f"fastcam.kernels.{info.name}")
-        for value in vars(module).values():
-            if (isinstance(value, type) and issubclass(value, torch.optim.Optimizer)
-                    and value.__module__ == module.__name__):
-                return value
-    return None
+def _step(report: Report, dev: torch.device, warmup: int, iters: int, name: str, make) -> None:
+    opt = make()
+    ms = timed(opt.step, dev, warmup, iters)
+    report.record("optimizer", **{f"{name}_ms": ms, f"{name}_implementation": common.optimizer_implementation(opt)})
+    say(f"optimizer {name} ({common.optimizer_implementation(opt)}): {ms:.2f} ms/step")
 
 
 def loss(report: Report, settings: Settings, dev: torch.device, warmup: int, iters: int) -> None:

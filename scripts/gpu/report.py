@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import tree  # noqa: F401  (first: resolves fastcam's mapped packages from the working tree)
+
 from fastcam.files import atomic_write_text
 
 DEVICES = ("cuda", "cpu")
