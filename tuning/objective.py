@@ -19,9 +19,9 @@ trial whose training loss became non-finite counts as a failure with IoU 0,
 whatever its accuracy.
 
 **Pruning.** :class:`PruningCallback` is a ``fastcam.train.Callback``: at
-each epoch's end (after the evaluation) it reports ``1 - eval_iou`` (the IoU error, so that
-lower is better, like the study's direction that the pruners follow) and raises
-``optuna.TrialPruned`` when the pruner says so. A trial whose training loss
+each epoch's end (after the evaluation) it reports ``1 - eval_iou`` (the IoU
+error, so that lower is better, like the study's direction that the pruners
+follow) and raises ``optuna.TrialPruned`` when the pruner says so. A trial whose training loss
 became non-finite has diverged; it reports NaN, which optuna's pruners always
 prune (its accuracy is meaningless: a NaN network predicts background
 everywhere, which scores well on IoU). Optuna prunes single-objective studies
