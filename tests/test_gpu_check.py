@@ -188,15 +188,15 @@ def test_limits_fit_the_command_limit_and_nothing_is_installed(smoke):
 
 
 def test_a_failing_part_leaves_the_others_intact(tmp_path):
-    # env hangs after its first measurement until its 8 s timeout; micro SIGKILLs itself after its
-    # first; epoch (limit 130 s) cannot finish before a 60 s deadline and is skipped.
+    # env hangs after its first measurement until its 20 s timeout; micro SIGKILLs itself after its
+    # first; epoch (limit 130 s) cannot finish before an 80 s deadline and is skipped.
     result = run_check(tmp_path, timeout=200, FASTCAM_CHECK_PARTS="env,micro,epoch",
-                       FASTCAM_CHECK_FAIL="env:hang,micro:kill", FASTCAM_CHECK_LIMIT_ENV="8",
-                       FASTCAM_CHECK_DEADLINE="60")
+                       FASTCAM_CHECK_FAIL="env:hang,micro:kill", FASTCAM_CHECK_LIMIT_ENV="20",
+                       FASTCAM_CHECK_DEADLINE="80")
     out = tmp_path / "out"
     assert result.returncode == 0, result.stderr[-3000:]
     lines = part_lines(out)
-    assert lines["env"]["rc"] == 124 and lines["env"]["limit"] == 8  # timeout's TERM
+    assert lines["env"]["rc"] == 124 and lines["env"]["limit"] == 20  # timeout's TERM
     assert lines["micro"]["rc"] == 137  # killed by SIGKILL
     assert lines["epoch"]["rc"] is None and lines["epoch"]["skipped"] == "deadline"
     env, micro = read_json(out / "env.json"), read_json(out / "micro.json")
