@@ -70,12 +70,12 @@ class Schedule:
     type: str = param("multistep", "multistep or cosine_annealing ('cosine' accepted)", "mutable",
                       choices=SCHEDULES, log_key="scheduler_type", aliases=("cosine",))
     milestones: tuple = param((1200,), "multistep: optimizer steps after warmup at which the LR decays",
-                              "mutable", item=int, log_key="scheduler_milestones", tunable=True)
+                              "mutable", item=int, log_key="scheduler_milestones", tunable=True, unit="steps")
     decay_rate: float = param(0.5, "multistep: factor applied at each milestone", "mutable",
                               low=0.0, low_exclusive=True, rules_range=(None, 1.0),
                               log_key="scheduler_decay_rate", tunable=True)
     t_max: int = param(9000, "cosine: steps of a half period", "mutable", low=1, log_key="scheduler_t_max",
-                       tunable=True)
+                       tunable=True, unit="steps")
     eta_min: float = param(0.0, "cosine: the lowest LR", "mutable", low=0.0, log_key="scheduler_eta_min",
                            tunable=True)
 
@@ -141,7 +141,7 @@ class Hyperparameters:
     weight_decay: float = param(1e-2, "weight decay", "mutable", low=0.0, log_key="opt_weight_decay",
                                 tunable=True)
     lr_warmup_steps: int = param(0, "linear warmup steps", "mutable", low=0,
-                                 log_key="scheduler_lr_warmup_steps", tunable=True)
+                                 log_key="scheduler_lr_warmup_steps", tunable=True, unit="steps")
     lr_warmup_factor: float = param(1.0, "warmup factor (>= 1)", "mutable", low=1.0,
                                     log_key="scheduler_lr_warmup_factor", tunable=True)
     lr_schedule: Schedule = param(Schedule(), "type=multistep,milestones=A B,decay_rate=R or "

@@ -64,7 +64,7 @@ def check_name(name: str) -> None:
         return
     if base not in mutable_names() or part:
         known = {n for n, _ in schema.params(Hyperparameters)}
-        why = "fixed by the benchmark" if base in known else "not a hyperparameter"
+        why = "fixed by the benchmark" if base in known and not part else "not a hyperparameter"
         raise GuardError(f"{name} is {why} and cannot be tuned; mutable: {', '.join(sorted(mutable_names()))}")
 
 

@@ -48,6 +48,7 @@ class Param:
     nullable: bool = False
     log_key: str | None = None  # the MLPerf hyperparameter key
     tunable: bool = False  # tuning may search it
+    unit: str | None = None  # "steps": an optimizer-step count (a tuning space may give it in epochs)
     cli: bool = True  # exposed as --name / --dashed-name
     switch: bool = False  # a boolean with --flag / --no-flag
     aliases: tuple[str, ...] = ()  # extra accepted values mapped in normalise (e.g. "cosine")

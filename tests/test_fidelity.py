@@ -6,12 +6,18 @@ import json
 
 import torch
 
-from fastcam.train.cli import parse_train_config
+from conftest import small_network
 from fastcam.train import train
+from fastcam.train.cli import parse_train_config
 
 
 def events_of(log):
     return [json.loads(line.split(":::MLLOG ", 1)[1]) for line in log.read_text().splitlines()]
+
+
+def run(data, out, *extra):
+    # What is logged and stored is the loop's business: a small network suffices.
+    return train(parse_train_config(args(data, out, *extra)), model_factory=small_network)
 
 
 def args(data, out, *extra):
@@ -20,10 +26,9 @@ def args(data, out, *extra):
 
 
 def test_epoch_end_train_loss_is_the_last_batchs_and_the_lr_the_last_step_used(tiny_synthetic, tmp_path):
-    quiet = train(parse_train_config(args(tiny_synthetic, tmp_path / "q")))
+    quiet = run(tiny_synthetic, tmp_path / "q")
     # Per-step logging is fixed in closed runs; it does not change the trajectory.
-    chatty = train(parse_train_config(args(tiny_synthetic, tmp_path / "c", "--open-division",
-                                           "--logging_frequency", "1")))
+    chatty = run(tiny_synthetic, tmp_path / "c", "--open-division", "--logging_frequency", "1")
     logged = [e for e in events_of(quiet.log_path) if e["key"] == "train_loss"]
     per_step = [e for e in events_of(chatty.log_path) if e["key"] == "train_loss"]
     steps = quiet.history[0].step
@@ -38,7 +43,7 @@ def test_epoch_end_train_loss_is_the_last_batchs_and_the_lr_the_last_step_used(t
 
 
 def test_key_order_eval_inside_the_epoch_and_target_reached(tiny_synthetic, tmp_path):
-    result = train(parse_train_config(args(tiny_synthetic, tmp_path / "o", "--target_iou", "0.01")))
+    result = run(tiny_synthetic, tmp_path / "o", "--target_iou", "0.01")
     events = events_of(result.log_path)
     keys = [e["key"] for e in events]
     assert keys[:5] == ["submission_benchmark", "submission_org", "submission_division",
@@ -57,7 +62,7 @@ def test_key_order_eval_inside_the_epoch_and_target_reached(tiny_synthetic, tmp_
 
 
 def test_a_fresh_checkpoint_loads_with_plain_weights_only_torch_load(tiny_synthetic, tmp_path):
-    result = train(parse_train_config(args(tiny_synthetic, tmp_path / "w")))
+    result = run(tiny_synthetic, tmp_path / "w")
     payload = torch.load(result.checkpoint_path, map_location="cpu", weights_only=True)  # no extra globals
     assert {"model", "optimizer", "step", "epoch", "rng"} <= set(payload)
     assert isinstance(payload["rng"]["numpy"]["keys"], torch.Tensor)

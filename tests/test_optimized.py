@@ -65,11 +65,12 @@ def test_optimized_run_end_to_end_on_cpu_records_every_switch(tiny_synthetic, tm
 def test_optimized_execution_matches_baseline_on_the_same_hyperparameters(tiny_synthetic, tmp_path):
     """Same hyperparameters and the same (reference) loader; only channels-last
     and the fused optimizer differ, so the IoU must agree closely."""
-    base = train(parse_train_config(run_args("baseline", tiny_synthetic, tmp_path / "b", "--max_epochs", "2")))
+    base = train(parse_train_config(run_args("baseline", tiny_synthetic, tmp_path / "b", "--max_epochs", "2")),
+                 model_factory=small_network)
     fast = train(parse_train_config(run_args(
         "optimized", tiny_synthetic, tmp_path / "o", "--max_epochs", "2", "--loader", "hdf5",
         "--optimizer", "AdamW", "--start_lr", "1e-3", "--weight_decay", "1e-2",
-        "--lr_schedule", "type=multistep,milestones=1200,decay_rate=0.5")))
+        "--lr_schedule", "type=multistep,milestones=1200,decay_rate=0.5")), model_factory=small_network)
     assert [r.step for r in fast.history] == [r.step for r in base.history]
     for b, f in zip(base.history, fast.history):
         assert f.eval_iou == pytest.approx(b.eval_iou, abs=0.02)

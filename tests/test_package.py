@@ -10,6 +10,7 @@ import pytest
 import torch
 from mlperf_logging.system_desc_checker.system_desc_checker import check_system_desc
 
+from conftest import small_network
 from fastcam.compare.package import UNKNOWN, build_package, check_package, register
 from fastcam.compliance import failed_keys, run_checker
 from fastcam.errors import DataError
@@ -37,7 +38,8 @@ def five_runs(tmp_path_factory):
         return [train(parse_train_config([
             "--data_dir_prefix", str(data), "--output_dir", str(out), "--max_inter_threads", "0",
             "--device", "cpu", "--mode", "baseline", "--max_epochs", "1", "--seed", str(seed),
-            "--run_tag", f"run{seed}"]), echo=lambda _msg: None).log_path for seed in range(1, 6)]
+            "--run_tag", f"run{seed}"]), echo=lambda _msg: None, model_factory=small_network).log_path
+            for seed in range(1, 6)]
     finally:
         torch.set_num_threads(threads)
 

@@ -6,8 +6,8 @@ field that is itself a section (the LR schedule) is searched through its
 parts: every ``mutable`` field of that section, named ``FIELD.PART``. Which
 parts exist for which schedule type is what ``Schedule.as_dict`` says. So
 adding a tunable field to fastcam/config.py makes it searchable without
-touching tuning/; the one list kept here is :data:`STEP_COUNTS`, because the
-schema does not yet say which fields count optimizer steps.
+touching tuning/ (a field that counts optimizer steps says ``unit="steps"``,
+and a space may then give it in epochs).
 
 :func:`configure` is the one way a trial's values become a Config: one
 ``Config.replace``, validated by construction (the guard runs once, in
@@ -28,11 +28,6 @@ SEARCHED_SECTIONS = ("hyperparameters", "run")
 # The part of a nested section that decides which of its other parts exist
 # (Schedule.type; the parts of each type are the keys of Schedule.as_dict).
 DISCRIMINATOR = "type"
-# Optimizer-step counts, which a space may give in epochs (``unit: epochs``).
-# The schema has no unit metadata yet; see the report of issue 12 for the
-# ``Param.unit`` field that would let this table go.
-STEP_COUNTS = frozenset({"lr_warmup_steps", "lr_schedule.milestones", "lr_schedule.t_max"})
-
 
 @dataclass(frozen=True)
 class Field:
@@ -57,7 +52,7 @@ class Field:
 
     @property
     def is_step_count(self) -> bool:
-        return self.name in STEP_COUNTS
+        return self.param.unit == "steps"
 
     def read(self, config: Config) -> Any:
         value = getattr(getattr(config, self.section), self.key)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import common
 import dataset
 from report import Report, Settings, main, say
-from syncs import SyncCount
+from fastcam.hostsync import SyncCount
 
 MODES = ("baseline", "optimized")
 
