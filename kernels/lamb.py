@@ -39,14 +39,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import triton
+import triton.language as tl
 from torch import Tensor
 
 from fastcam.errors import ConfigError
 from fastcam.kernels import lamb_kernels as K
 from fastcam.train.lamb import STEP_DTYPE, Lamb
-
-import triton
-import triton.language as tl
 
 _TRITON_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 _REDUCE_BLOCK = 1024  # tile of the single-program reductions over chunk sums

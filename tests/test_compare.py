@@ -22,8 +22,8 @@ from fastcam.compare.runs import run_facts
 from fastcam.compare.table import group_runs, render_markdown, summary_table
 from fastcam.compliance import failed_keys, run_checker
 from fastcam.errors import DataError
-from fastcam.train.cli import parse_train_config
 from fastcam.train import train
+from fastcam.train.cli import parse_train_config
 
 DATA = Path(__file__).parent / "data"
 REFERENCE_LOG = DATA / "reference_deepcam.log"
@@ -172,7 +172,8 @@ def test_table_columns_speedup_and_csv(real_logs, capsys):
     cells = [[c.strip() for c in row.strip("|").split("|")] for row in rows]
     assert all(len(row) == len(columns) for row in cells) and len(cells) == 3
     by_type = {(r[0], r[columns.index("Time Required (minutes)")].startswith("not")): r for r in cells}
-    baseline, missed, optimized = by_type[("baseline", False)], by_type[("baseline", True)], by_type[("optimized", False)]
+    baseline, missed = by_type[("baseline", False)], by_type[("baseline", True)]
+    optimized = by_type[("optimized", False)]
     assert baseline[1:7] == ["1", "0", "8", "multistep [1200] x0.5", "1e-3", "AdamW (wd 0.01)"]
     assert optimized[3] == "4" and optimized[4].startswith("cosine_annealing") and optimized[6].startswith("LAMB")
     base_minutes = expected_minutes_and_epoch(real_logs.reached, 0.05)[0]
@@ -397,7 +398,8 @@ def test_five_repeats_olympic_mean_median_and_rcp_verdict(capsys):
     assert result["median_minutes"] == pytest.approx(statistics.median(minutes), rel=1e-12)
     point = rcp.point_for(128)
     assert statistics.mean(epochs[1:-1]) >= point.min_epochs and result["rcp_passed"] is True
-    assert result["rcp"] == f"pass: mean {statistics.mean(epochs[1:-1]):.2f} epochs >= {point.min_epochs:.2f} at global batch 128"
+    assert result["rcp"] == (f"pass: mean {statistics.mean(epochs[1:-1]):.2f} epochs >= "
+                             f"{point.min_epochs:.2f} at global batch 128")
     assert result["rcp_factor"] == 1.0 and result["score_minutes"] == result["olympic_mean_minutes"]
     assert report["summary"][0]["RCP check"] == result["rcp"]
 

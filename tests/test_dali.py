@@ -27,7 +27,6 @@ from fastcam.data.staged import StagedLoader, build_staged_loaders  # noqa: E402
 from fastcam.errors import ConfigError, DataError  # noqa: E402
 
 
-
 def needs_cuda(test):
     return pytest.mark.gpu(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")(test))
 
@@ -111,7 +110,8 @@ def test_every_sample_once_per_epoch_across_ranks(caches, tiny_synthetic, world_
     loaders = [build_dali_loaders(caches[rank, world_size], local_batch_size=1, seed=9)
                for rank in range(world_size)]
     for epoch in (0, 1):
-        train = {rank: [n for batch in epoch_batches(t, epoch) for n in batch[2]] for rank, (t, _) in enumerate(loaders)}
+        train = {rank: [n for batch in epoch_batches(t, epoch) for n in batch[2]]
+                 for rank, (t, _) in enumerate(loaders)}
         validation = [n for _, v in loaders for batch in epoch_batches(v, epoch) for n in batch[2]]
         seen = [n for names in train.values() for n in names]
         assert len(seen) == len(set(seen)) == world_size * (len(train_files) // world_size)
@@ -127,7 +127,7 @@ def test_batches_kept_past_the_next_iteration_stay_intact(caches):
     loader = DaliLoader(caches[0, 1], "train", batch_size=2, shuffle=True, drop_last=False, seed=1, prefetch=1)
     kept, copies = [], []
     for epoch in range(3):
-        for inputs, labels, names in epoch_batches(loader, epoch):
+        for inputs, labels, _names in epoch_batches(loader, epoch):
             kept.append((inputs, labels))
             copies.append((inputs.clone(), labels.clone()))
     assert len({inputs.data_ptr() for inputs, _ in kept}) == len(kept) == 3 * 8
@@ -139,7 +139,7 @@ def test_batches_kept_past_the_next_iteration_stay_intact(caches):
 def test_out_of_sequence_epochs_and_abandoned_passes(caches):
     kwargs = dict(batch_size=3, shuffle=True, drop_last=True, seed=2)
     dali, staged = DaliLoader(caches[0, 1], "train", **kwargs), StagedLoader(caches[0, 1], "train", **kwargs)
-    for batch in dali:
+    for _batch in dali:
         break  # abandoned after one batch: the next pass must still be the whole epoch 0
     assert_same_batches(list(dali), epoch_batches(staged, 0))
     assert_same_batches(list(dali), epoch_batches(staged, 0))  # same epoch again, as the staged loader does

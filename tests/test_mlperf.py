@@ -27,8 +27,7 @@ from mlperf_logging import mllog
 from fastcam.compliance import CheckerResult, failed_keys, run_checker
 from fastcam.config import Hyperparameters
 from fastcam.errors import ConfigError, DataError
-from fastcam.train.mlperf import (MLPerfLogger, hyperparameter_events, log_events,
-                                  submission_events)
+from fastcam.train.mlperf import MLPerfLogger, hyperparameter_events, log_events, submission_events
 
 REAL_TRAIN_SAMPLES = 121266
 REAL_EVAL_SAMPLES = 15158
@@ -312,7 +311,7 @@ def test_checker_refuses_missing_log_and_unknown_ruleset(tmp_path: Path) -> None
 
 def test_checker_leaves_the_working_directory_clean(tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    log = write_run_log(tmp_path / "run.log", accuracies=[0.5])
+    write_run_log(tmp_path / "run.log", accuracies=[0.5])
     monkeypatch.chdir(tmp_path)
 
     run_checker("run.log")

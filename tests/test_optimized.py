@@ -6,16 +6,15 @@ import json
 import pytest
 import torch
 
+from conftest import small_network
 from fastcam.compliance import failed_keys, run_checker
 from fastcam.config import optimized
 from fastcam.distributed import init_distributed
 from fastcam.model import to_reference_state_dict
-from fastcam.train.cli import parse_train_config
 from fastcam.train import Trainer, train
+from fastcam.train.cli import parse_train_config
 from fastcam.train.execution import resolve_execution
 from fastcam.train.plan import resolve_plan
-
-from conftest import small_network
 
 
 def run_args(mode, data, out, *extra):

@@ -14,8 +14,8 @@ from conftest import small_network
 from fastcam.compare.package import UNKNOWN, build_package, check_package, register
 from fastcam.compliance import failed_keys, run_checker
 from fastcam.errors import DataError
-from fastcam.train.cli import parse_train_config
 from fastcam.train import train
+from fastcam.train.cli import parse_train_config
 
 SYSTEM = "cpu2core"
 # What any run on synthetic data must fail: the data-set sizes (121266 / 15158
@@ -91,6 +91,7 @@ def test_package_refuses_mixed_configurations_and_overwriting(five_runs, tmp_pat
     with pytest.raises(DataError, match="already holds results"):
         build_package(five_runs[2:], SYSTEM, out)
     other = tmp_path / "other.log"
-    other.write_text(five_runs[0].read_text().replace('"global_batch_size", "value": 8', '"global_batch_size", "value": 16'))
+    other.write_text(five_runs[0].read_text().replace('"global_batch_size", "value": 8',
+                                                      '"global_batch_size", "value": 16'))
     with pytest.raises(DataError, match="global_batch_size"):
         build_package([five_runs[0], other], SYSTEM, tmp_path / "pkg2")

@@ -253,7 +253,8 @@ def test_submit_helper_runs_one_and_two_tasks_in_a_chain_and_compare_reads_them(
 def test_a_chain_whose_first_run_fails_cancels_the_rest(slurm_cluster, tiny_data, tmp_path):
     results = tmp_path / "results"
     env = job_env(DATA_DIR=str(tiny_data), EXCLUSIVE="0")
-    run([str(SLURM_DIR / "submit.sh"), "--scales", "1", "--repeats", "2", "--chain", "--name", "broken", "--results", str(results),
+    run([str(SLURM_DIR / "submit.sh"), "--scales", "1", "--repeats", "2", "--chain", "--name", "broken",
+         "--results", str(results),
          "1", "--", "--no_such_flag"], env=env, cwd=tmp_path)
     first, second = (r["job_id"] for r in csv.DictReader((results / "jobs.tsv").open(), delimiter="\t"))
     assert wait_for_job(first)["JobState"] == "FAILED"

@@ -82,7 +82,7 @@ def test_complete_stage_is_reused_and_redone_when_the_source_changes(random_data
     changed = stage_quietly(random_dataset, dst)
     assert not changed.reused and changed.staged == 19
     expected = reference_samples(random_dataset, "validation")
-    for name, (values, labels) in staged_samples(dst, "validation").items():
+    for name, (values, _labels) in staged_samples(dst, "validation").items():
         assert np.abs(values - expected[name][0]).max() <= stage.TRAIN_MAX_ABS_ERROR
 
 

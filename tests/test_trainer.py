@@ -12,13 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastcam.cli import main
 from conftest import small_network
+from fastcam.cli import main
 from fastcam.compliance import failed_keys, run_checker
-from fastcam.model import to_reference_state_dict
-from fastcam.train import checkpoint
+from fastcam.train import checkpoint, train
 from fastcam.train.cli import parse_train_config
-from fastcam.train import train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -93,8 +91,8 @@ def test_checkpoint_is_reference_compatible_and_corruption_is_reported(tiny_synt
 
 @pytest.mark.parametrize("workers", ["0", "2"])  # 2: the error comes from a DataLoader worker process
 def test_bad_data_is_one_clear_line(tmp_path, capsys, workers):
+
     from conftest import write_random_dataset
-    import h5py
 
     data = write_random_dataset(tmp_path / "d", n_train=8, n_validation=2)
     bad = data / "train" / "data-000003.h5"

@@ -225,7 +225,7 @@ def test_grad_scaler_overflow_steps_skipped_identically(kernels, dtype) -> None:
     steps = 5
     ours, ours_opt, ours_hist, _ = run_scaled(triton_factory, dtype, steps, OVERFLOW_STEPS)
     ref, ref_opt, ref_hist, _ = run_scaled(lambda g: Lamb(g, lr=1e-2), dtype, steps, OVERFLOW_STEPS)
-    for hist, opt, params in ((ours_hist, ours_opt, ours), (ref_hist, ref_opt, ref)):
+    for hist, opt, _params in ((ours_hist, ours_opt, ours), (ref_hist, ref_opt, ref)):
         scales = [after for _, after in hist]
         # Halved on each overflow, kept otherwise (growth_interval not reached).
         assert scales == [1024.0, 512.0, 512.0, 256.0, 256.0]

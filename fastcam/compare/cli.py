@@ -25,8 +25,16 @@ from fastcam.compare.join import join_resumed
 from fastcam.compare.logs import RunLog, Skipped, collect_logs, read_logs
 from fastcam.compare.reports import Scored, profile_table, score_groups
 from fastcam.compare.runs import RUN_TYPES, RunFacts, run_facts
-from fastcam.compare.table import (Group, Table, compliance_text, group_runs, minutes_text, render_csv,
-                                   render_markdown, runs_table)
+from fastcam.compare.table import (
+    Group,
+    Table,
+    compliance_text,
+    group_runs,
+    minutes_text,
+    render_csv,
+    render_markdown,
+    runs_table,
+)
 from fastcam.compliance import CHECKER_KEY, CheckerResult, run_checker
 from fastcam.errors import ConfigError
 

@@ -22,8 +22,16 @@ from typing import Any
 
 from fastcam.compare.runs import RunFacts
 from fastcam.compare.scoring import RcpVerdict, Score, rcp_verdict, score
-from fastcam.compare.table import (Group, Table, num_text, optimizer_text, lr_text, minutes_text, schedule_text,
-                                   summary_table)
+from fastcam.compare.table import (
+    Group,
+    Table,
+    lr_text,
+    minutes_text,
+    num_text,
+    optimizer_text,
+    schedule_text,
+    summary_table,
+)
 
 
 @dataclass

@@ -36,15 +36,14 @@ Definitions (the issue's, applied to every log format alike):
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import statistics
-
 from fastcam import logkeys
 from fastcam.compare.logs import LogEvent, RunLog
-from fastcam.compare.runtype import RUN_TYPES, classify, logged_precision
+from fastcam.compare.runtype import classify, logged_precision
 from fastcam.errors import DataError
 
 DEFAULT_TARGET = 0.82
@@ -202,7 +201,8 @@ def resolve_target(log: RunLog) -> float:
 def _step_seconds(log: RunLog) -> list[float]:
     """Seconds per optimizer step between consecutive per-step records of one epoch."""
     records = [e for e in log.all(logkeys.TRAIN_LOSS)
-               if isinstance(e.metadata.get(logkeys.STEP_NUM), int) and isinstance(e.metadata.get(logkeys.EPOCH_NUM), int)]
+               if isinstance(e.metadata.get(logkeys.STEP_NUM), int)
+               and isinstance(e.metadata.get(logkeys.EPOCH_NUM), int)]
     out = []
     for a, b in zip(records, records[1:]):
         steps = b.metadata[logkeys.STEP_NUM] - a.metadata[logkeys.STEP_NUM]

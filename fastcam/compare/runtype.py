@@ -73,7 +73,7 @@ def classify(log: RunLog, profile: Any, override: str | None = None) -> RunType:
 
 def baseline_differences(log: RunLog, profile: Any) -> list[str]:
     """``"key logged != baseline"`` for each baseline parameter the log differs in."""
-    baseline = _as_mapping(getattr(profile, "baseline"))
+    baseline = _as_mapping(profile.baseline)
     out: list[str] = []
     warmup_steps = _get(baseline, "lr_warmup_steps")
     for field, key in _LOG_KEYS.items():
@@ -119,7 +119,7 @@ def baseline_precisions(profile: Any) -> tuple[str, ...]:
     if isinstance(policy, Mapping):
         policy = policy.get("baseline")
     elif policy is not None and hasattr(policy, "baseline"):
-        policy = getattr(policy, "baseline")
+        policy = policy.baseline
     if policy is None:
         return ()
     values = [policy] if isinstance(policy, str) else list(policy)

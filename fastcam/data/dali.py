@@ -45,9 +45,9 @@ from typing import Iterator
 
 import torch
 
+from fastcam import errors
 from fastcam.data.dali_source import StagedBatchSource
 from fastcam.data.staged import StagedLoader
-from fastcam import errors
 from fastcam.errors import ConfigError, FastcamError
 
 try:

@@ -30,7 +30,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from fastcam.data import stage_format
 from fastcam.data.staged import batch_count, epoch_order, read_exact

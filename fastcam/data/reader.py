@@ -72,7 +72,8 @@ class CamDataset(Dataset):
         self.channels = None if channels is None else list(channels)
         # Same float32 arithmetic as the reference: scale = 1 / (max - min).
         self.shift = np.asarray(minval, dtype=np.float32).reshape(1, 1, -1)
-        self.scale = (1.0 / (np.asarray(maxval, dtype=np.float32) - np.asarray(minval, dtype=np.float32))).astype(np.float32).reshape(1, 1, -1)
+        span = np.asarray(maxval, dtype=np.float32) - np.asarray(minval, dtype=np.float32)
+        self.scale = (1.0 / span).astype(np.float32).reshape(1, 1, -1)
         self.transpose = transpose
 
     def __len__(self) -> int:

@@ -56,12 +56,26 @@ import numpy as np
 
 from fastcam.data import layout
 from fastcam.data.reader import sample_shape, shard_validation
-from fastcam.errors import ConfigError, DataError
-
 from fastcam.data.stage_format import (  # noqa: F401  (re-exported: the format is part of this API)
-    DONE, FLOAT16_MAX, FLOAT16_SUBNORMAL_ERROR, FLOAT16_UNIT_ROUNDOFF, FORMAT_VERSION, INDEX_FILE, INPUT_DTYPE,
-    INPUTS_FILE, LABEL_DTYPE, LABELS_FILE, LOCK_FILE, MARKS_FILE, TRAIN_MAX_ABS_ERROR, checksum, map_file, read_index)
+    DONE,
+    FLOAT16_MAX,
+    FLOAT16_SUBNORMAL_ERROR,
+    FLOAT16_UNIT_ROUNDOFF,
+    FORMAT_VERSION,
+    INDEX_FILE,
+    INPUT_DTYPE,
+    INPUTS_FILE,
+    LABEL_DTYPE,
+    LABELS_FILE,
+    LOCK_FILE,
+    MARKS_FILE,
+    TRAIN_MAX_ABS_ERROR,
+    checksum,
+    map_file,
+    read_index,
+)
 from fastcam.data.stage_worker import _Pool, _Task
+from fastcam.errors import ConfigError, DataError
 
 MAX_DEFAULT_WORKERS = 8
 

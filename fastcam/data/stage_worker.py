@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import mmap
+import multiprocessing
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -12,9 +12,18 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from fastcam.data.stage_format import (DONE, FLOAT16_MAX, INPUT_DTYPE, INPUTS_FILE, LABEL_DTYPE, LABELS_FILE,
-                                       checksum, map_file)
+from fastcam.data.stage_format import (
+    DONE,
+    FLOAT16_MAX,
+    INPUT_DTYPE,
+    INPUTS_FILE,
+    LABEL_DTYPE,
+    LABELS_FILE,
+    checksum,
+    map_file,
+)
 from fastcam.errors import DataError
+
 
 @dataclass(frozen=True)
 class _Task:

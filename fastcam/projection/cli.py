@@ -20,10 +20,19 @@ from dataclasses import dataclass, field
 from fastcam.errors import ConfigError
 from fastcam.projection.bench_input import measured_rates, read_bench
 from fastcam.projection.epochs import epochs_for, logged_epochs
+from fastcam.projection.model import (
+    DEFAULT_OVERLAP_FRACTION,
+    EVAL_SAMPLES,
+    GRADIENT_BYTES,
+    PARAMETERS,
+    TRAIN_SAMPLES,
+    Assumption,
+    Network,
+    ScaleProjection,
+    add_scaling_efficiency,
+    project_scale,
+)
 from fastcam.projection.ruleset import rules_view
-from fastcam.projection.model import (DEFAULT_OVERLAP_FRACTION, EVAL_SAMPLES, GRADIENT_BYTES, PARAMETERS,
-                                      TRAIN_SAMPLES, Assumption, Network, ScaleProjection, add_scaling_efficiency,
-                                      project_scale)
 
 DEFAULT_RULES = "esif-2025-12"
 # Kestrel (the ESIF-HPC-4 reference system) GPU nodes: 4 H100 SXM, two 200 Gb/s

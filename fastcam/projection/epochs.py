@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastcam.projection.model import TARGET_IOU
-from fastcam.rcp import DEFAULT_RULESET
 from fastcam.projection.published import BASELINE_EPOCHS, BASELINE_GLOBAL_BATCH, BASELINE_SOURCE
+from fastcam.rcp import DEFAULT_RULESET
 
 
 @dataclass(frozen=True)

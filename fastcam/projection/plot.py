@@ -35,7 +35,7 @@ def write_plot(projection, path: str | os.PathLike) -> Path:
     minutes = [s.total_minutes for s in scales]
     ax.plot(nodes, minutes, marker="o", color="C0",
             label=f"projection, {projection.mode}, {per_node}/node ({projection.device})")
-    for x, y, s in zip(nodes, minutes, scales):
+    for x, y, _scale in zip(nodes, minutes, scales):
         ax.annotate(f"{y:,.0f}" if y >= 100 else f"{y:.3g}", (x, y), textcoords="offset points", xytext=(4, 4),
                     fontsize="small")
     values = list(minutes)

@@ -59,7 +59,8 @@ def stage_root_for(config: Config, rank: int, world_size: int) -> Path:
     return base / f"rank{rank:05d}-of-{world_size:05d}"
 
 
-def resolve_plan(config: Config, ctx, device: torch.device | None = None, data_dir: str | Path | None = None) -> RunPlan:
+def resolve_plan(config: Config, ctx, device: torch.device | None = None,
+                 data_dir: str | Path | None = None) -> RunPlan:
     """``device`` defaults to the config's for this rank; ``data_dir`` to the
     config's (or the cached default data set when it names none)."""
     from fastcam.data.reader import sample_shape

@@ -16,6 +16,7 @@ from __future__ import annotations
 import common
 import dataset
 from report import Report, Settings, main, say
+
 from fastcam.hostsync import SyncCount
 
 MODES = ("baseline", "optimized")
