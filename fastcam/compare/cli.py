@@ -24,7 +24,8 @@ from fastcam import rules
 from fastcam.compare.join import join_resumed
 from fastcam.compare.logs import RunLog, Skipped, collect_logs, read_logs
 from fastcam.compare.reports import Scored, profile_table, score_groups
-from fastcam.compare.runs import RUN_TYPES, RunFacts, run_facts
+from fastcam.compare.runs import RunFacts, run_facts
+from fastcam.compare.runtype import RUN_TYPES
 from fastcam.compare.table import (
     Group,
     Table,

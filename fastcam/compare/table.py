@@ -25,7 +25,8 @@ import io
 import statistics
 from dataclasses import dataclass, field
 
-from fastcam.compare.runs import RUN_TYPES, RunFacts
+from fastcam.compare.runs import RunFacts
+from fastcam.compare.runtype import RUN_TYPES
 from fastcam.compliance import CheckerResult, failed_keys
 
 NOT_CHECKED = "not checked"
