@@ -119,6 +119,7 @@ def run_tune(args: argparse.Namespace, model_factory: Callable | None = None) ->
     if created:
         study_mod.enqueue(study, _recipe_trials(resolved, base))
     else:
+        study_mod.wait_until_ready(study)
         # --seed makes a single worker's study reproducible; workers that join sample with their own
         # randomness, or all of them would propose the same values.
         study.sampler = sampler(None)

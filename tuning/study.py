@@ -12,6 +12,7 @@ the optimized defaults as its first trials.
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +26,7 @@ from fastcam.errors import ConfigError, FastcamError
 from .heartbeat import fail_stale_trials
 
 JOURNAL_NAME = "tuning.journal"
+READY_ATTR = "fastcam:ready"  # set once the creating worker has queued the recipe trials
 SPACE_ATTR = "fastcam:space"
 OBJECTIVES_ATTR = "fastcam:objectives"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -77,8 +79,23 @@ def open_study(name: str, storage, directions: list[str], sampler, pruner,
 
 
 def enqueue(study: optuna.Study, trials: list[tuple[str, dict[str, Any]]]) -> None:
+    """Queue the recipe trials, then mark the study ready for joining workers."""
     for label, params in trials:
         study.enqueue_trial(params, user_attrs={"enqueued": label}, skip_if_exists=True)
+    study.set_user_attr(READY_ATTR, True)
+
+
+def wait_until_ready(study: optuna.Study, timeout: float = 120.0, poll: float = 0.5) -> None:
+    """A worker that joined a study just created waits for its creator's queue:
+    starting a sampled trial before the recipes are queued would make one trial
+    more than ``--trials`` (seen with two workers started at once)."""
+    deadline = time.monotonic() + timeout
+    # Read from the storage on every access; a study with trials (one made before
+    # this attribute existed, or resumed) is ready.
+    while not study.user_attrs.get(READY_ATTR) and not study.get_trials(deepcopy=False):
+        if time.monotonic() > deadline:
+            return  # the creator died before queueing: go on without its recipes
+        time.sleep(poll)
 
 
 def counts(study: optuna.Study) -> dict[TrialState, int]:
