@@ -187,11 +187,14 @@ class DaliLoader(StagedLoader):
 
 def build_dali_loaders(dst: str | os.PathLike, *, local_batch_size: int, seed: int,
                        device: torch.device | str = torch.device("cpu"), prefetch: int = 3, threads: int = 2,
-                       parallel: bool = False, py_workers: int = 2) -> tuple[DaliLoader, DaliLoader]:
+                       parallel: bool = False, py_workers: int = 2,
+                       validation_batch_size: int = 1) -> tuple[DaliLoader, DaliLoader]:
     """(training, validation) as :func:`fastcam.data.staged.build_staged_loaders` sets them up:
-    training shuffled with drop-last batches of ``local_batch_size``, validation in order with batch size 1."""
+    training shuffled with drop-last batches of ``local_batch_size``, validation in order with
+    batch size 1 (``validation_batch_size``: batched evaluation)."""
     common = dict(seed=seed, device=device, prefetch=prefetch, threads=threads, parallel=parallel,
                   py_workers=py_workers)
     train = DaliLoader(dst, "train", batch_size=local_batch_size, shuffle=True, drop_last=True, **common)
-    validation = DaliLoader(dst, "validation", batch_size=1, shuffle=False, drop_last=False, **common)
+    validation = DaliLoader(dst, "validation", batch_size=validation_batch_size, shuffle=False, drop_last=False,
+                            **common)
     return train, validation

@@ -121,8 +121,10 @@ def reference_train_order(files: Sequence[Path]) -> list[Path]:
 
 def build_reference_loaders(data_dir: str | os.PathLike, *, local_batch_size: int, workers: int,
                             rank: int = 0, world_size: int = 1,
-                            channels: Sequence[int] | None = None, pin_memory: bool = False) -> Loaders:
-    """Training and validation DataLoaders exactly as the reference builds them."""
+                            channels: Sequence[int] | None = None, pin_memory: bool = False,
+                            validation_batch_size: int = 1) -> Loaders:
+    """Training and validation DataLoaders exactly as the reference builds them
+    (``validation_batch_size`` > 1: batched evaluation, the last batch partial)."""
     minval, maxval = layout.load_stats(data_dir, None if channels is None else list(channels))
     train_files = layout.list_files(data_dir, "train")
     val_files = layout.list_files(data_dir, "validation")
@@ -139,7 +141,7 @@ def build_reference_loaders(data_dir: str | os.PathLike, *, local_batch_size: in
                        pin_memory=pin_memory, drop_last=True)
     val_set = CamDataset(shard_validation(val_files, rank, world_size), minval, maxval, channels) \
         if len(val_files) >= world_size else _too_few_validation(data_dir, len(val_files), world_size)
-    validation = DataLoader(val_set, batch_size=1, shuffle=False, num_workers=num_workers,
+    validation = DataLoader(val_set, batch_size=validation_batch_size, shuffle=False, num_workers=num_workers,
                             pin_memory=pin_memory, drop_last=False)
     height, width, _ = sample_shape(train_files[0])
     return Loaders(train, validation, sampler, len(train_files), len(val_files), (height, width))

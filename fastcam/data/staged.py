@@ -230,11 +230,13 @@ def read_exact(fd: int, buffer: np.ndarray, offset: int, directory: Path) -> Non
 
 def build_staged_loaders(dst: str | os.PathLike, *, local_batch_size: int, seed: int,
                          device: torch.device | str = torch.device("cpu"), prefetch: int = 3,
-                         threads: int = 2) -> tuple[StagedLoader, StagedLoader]:
+                         threads: int = 2, validation_batch_size: int = 1) -> tuple[StagedLoader, StagedLoader]:
     """(training, validation) loaders set up like the reference's: training shuffled with
-    drop-last batches of ``local_batch_size``, validation in order with batch size 1."""
+    drop-last batches of ``local_batch_size``, validation in order with batch size 1
+    (``validation_batch_size``: batched evaluation, the last batch partial)."""
     train = StagedLoader(dst, "train", batch_size=local_batch_size, shuffle=True, drop_last=True, seed=seed,
                          device=device, prefetch=prefetch, threads=threads)
-    validation = StagedLoader(dst, "validation", batch_size=1, shuffle=False, drop_last=False, seed=seed,
+    validation = StagedLoader(dst, "validation", batch_size=validation_batch_size, shuffle=False, drop_last=False,
+                              seed=seed,
                               device=device, prefetch=prefetch, threads=threads)
     return train, validation
