@@ -31,3 +31,13 @@ class GuardError(ConfigError):
 
 class CheckpointError(FastcamError):
     """A checkpoint is corrupt or does not match the run."""
+
+
+class WriteError(FastcamError):
+    """A file could not be written (disk full, no permission, read-only file
+    system): reported once, and the run stopped (issue 17, defect 6)."""
+
+
+class CollectiveTimeoutError(FastcamError):
+    """A collective operation waited longer than the collective timeout: another
+    rank stopped, hung or died (issue 17, defect 9)."""

@@ -20,6 +20,7 @@ functions record what the run did, they do not decide compliance.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -31,7 +32,8 @@ from mlperf_logging.mllog import constants
 
 from fastcam import schema
 from fastcam.config import Hyperparameters, Schedule
-from fastcam.errors import ConfigError
+from fastcam.errors import ConfigError, WriteError
+from fastcam.files import describe_write_failure
 
 Event = tuple[str, Any]
 
@@ -63,7 +65,11 @@ class MLPerfLogger:
 
     The file is opened for writing (not appended to): one log holds one run,
     and the checker rejects a file with two runs (two ``run_start``...).
-    Every line is flushed as it is written.
+    Every line is flushed as it is written. The file is never opened through
+    a symbolic link (``O_NOFOLLOW``; issue 17, defect 7). A line that cannot
+    be written (disk full) raises one :class:`~fastcam.errors.WriteError`
+    and disables the logger: Python's logging would print a "--- Logging
+    error ---" block per record and carry on (issue 17, defect 6).
     """
 
     # mllog records the caller's file and line: caller -> MLPerfLogger.event
@@ -78,15 +84,19 @@ class MLPerfLogger:
         self._handlers: list[logging.Handler] = []
         self._mllogger: mllog.mllog.MLLogger | None = None
         self._closed = False
+        self._broken = False  # a write failed: reported once, nothing more is written
         if self.rank != 0:
             return
         parent = os.path.dirname(os.path.abspath(self.path))
         try:
             os.makedirs(parent, exist_ok=True)
-            file_handler = logging.FileHandler(self.path, mode="w", encoding="utf-8")
+            file_handler = _LogFileHandler(self.path)
         except OSError as err:
-            raise ConfigError(f"cannot write the MLPerf log {self.path}: "
-                              f"{err.strerror or err}") from err
+            if err.errno == errno.ELOOP:
+                raise ConfigError(f"{self.path} is a symbolic link: fastcam never writes a log through a link "
+                                  "(it could land outside the output directory); remove it") from None
+            # The path given cannot be opened (a directory, no permission): the run's settings are wrong.
+            raise ConfigError(f"cannot write the MLPerf log {self.path}: {err.strerror or err}") from None
         self._handlers.append(file_handler)
         if echo:
             self._handlers.append(logging.StreamHandler(sys.stdout))
@@ -118,15 +128,26 @@ class MLPerfLogger:
 
     def close(self) -> None:
         """Flush and close the file; idempotent. Logging afterwards is an error."""
+        if self._closed:
+            return
         self._closed = True
         if self._mllogger is None:
             return
+        failure: OSError | None = None
         for handler in self._handlers:
-            handler.flush()
             self._mllogger.logger.removeHandler(handler)
-            if isinstance(handler, logging.FileHandler):
-                handler.close()
+            try:
+                handler.flush()
+                if isinstance(handler, logging.FileHandler):
+                    handler.close()
+            except OSError as err:  # the buffered tail of a full disk: already reported if broken
+                failure = failure or err
+                if isinstance(handler, logging.FileHandler):
+                    handler.stream = None  # drop the unwritable buffer; logging's close would retry it
         self._handlers.clear()
+        if failure is not None and not self._broken:
+            self._broken = True
+            raise WriteError(describe_write_failure(self.path, failure))
 
     def __enter__(self) -> "MLPerfLogger":
         return self
@@ -137,11 +158,36 @@ class MLPerfLogger:
     def _log(self, kind: str, key: str, value: Any, metadata: dict[str, Any] | None) -> None:
         if self._closed:
             raise RuntimeError(f"MLPerfLogger for {self.path} is closed; cannot log {key!r}")
-        if self._mllogger is None:
+        if self._mllogger is None or self._broken:
             return
         method = getattr(self._mllogger, kind)  # MLLogger.event / .start / .end
         method(key=key, value=_jsonable(key, value), metadata=_jsonable(key, metadata),
                stack_offset=self._STACK_OFFSET)
+        for handler in self._handlers:
+            failure = getattr(handler, "failure", None)
+            if failure is not None:
+                self._broken = True
+                raise WriteError(describe_write_failure(self.path, failure))
+
+
+class _LogFileHandler(logging.FileHandler):
+    """A FileHandler that opens without following a symbolic link and keeps
+    a write error for :class:`MLPerfLogger` instead of printing it."""
+
+    def __init__(self, path: str) -> None:
+        self.failure: OSError | None = None
+        super().__init__(path, mode="w", encoding="utf-8")
+
+    def _open(self):
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
+        return open(os.open(self.baseFilename, flags, 0o644), "w", encoding=self.encoding, errors=self.errors)
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
+        err = sys.exc_info()[1]
+        if isinstance(err, OSError):
+            self.failure = self.failure or err
+        else:
+            super().handleError(record)
 
 
 def log_events(logger: MLPerfLogger, events: Iterable[Event]) -> None:
