@@ -33,6 +33,14 @@ def weighted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, weights: 
     return summed / labels.numel()
 
 
+def per_sample_weighted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
+                                      weights: torch.Tensor) -> torch.Tensor:
+    """The loss of each sample of a batch (N values): what batch-1 evaluation
+    computes for each, so a batched evaluation can average them over samples."""
+    per_pixel = F.cross_entropy(logits.float(), labels.long(), weight=weights.float(), reduction="none")
+    return per_pixel.flatten(1).sum(dim=1) / labels[0].numel()
+
+
 class WeightedCrossEntropy(torch.nn.Module):
     """Module form holding the weights as a buffer (moves with ``.to(device)``)."""
 
@@ -42,3 +50,6 @@ class WeightedCrossEntropy(torch.nn.Module):
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return weighted_cross_entropy(logits, labels, self.weights)
+
+    def per_sample(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return per_sample_weighted_cross_entropy(logits, labels, self.weights)

@@ -13,7 +13,7 @@ from fastcam.distributed import init_distributed
 from fastcam.model import to_reference_state_dict
 from fastcam.train import Trainer, train
 from fastcam.train.cli import parse_train_config
-from fastcam.train.execution import resolve_execution
+from fastcam.train.execution import auto_precision, resolve_execution
 from fastcam.train.plan import resolve_plan
 
 
@@ -36,7 +36,7 @@ def test_device_defaults_of_the_optimized_recipe():
     config = optimized()
     cpu = resolve_execution(config, torch.device("cpu"))
     assert cpu.channels_last and cpu.fused_optimizer
-    assert cpu.autocast_dtype is None and not cpu.compile  # fp32 and no inductor on CPU by default
+    assert not cpu.compile  # no inductor on CPU by default (bf16 autocast where native: tests/test_step.py)
     if torch.cuda.is_available():
         gpu = resolve_execution(config, torch.device("cuda"))
         assert gpu.autocast_dtype is torch.float16 and gpu.grad_scaler and gpu.compile
@@ -51,7 +51,8 @@ def test_optimized_run_end_to_end_on_cpu_records_every_switch(tiny_synthetic, tm
     keys = [e["key"] for e in events]
     assert keys.index("staging_start") < keys.index("staging_stop") < keys.index("run_start")
     execution = next(e["value"] for e in events if e["key"] == "fastcam_execution")
-    assert execution == {"device": "cpu", "channels_last": True, "precision": "fp32", "grad_scaler": False,
+    precision = auto_precision(torch.device("cpu"))  # bf16 where the CPU has it natively
+    assert execution == {"device": "cpu", "channels_last": True, "precision": precision, "grad_scaler": False,
                          "fused_optimizer": True, "compile": "off", "cudnn_benchmark": False,
                          "optimizer_implementation": "LAMB (torch foreach)"}
     assert next(e["value"] for e in events if e["key"] == "fastcam_loader") == "staged"

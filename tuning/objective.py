@@ -51,6 +51,7 @@ import torch
 
 from fastcam.config import Config
 from fastcam.train import Callback, train
+from fastcam.train.trainer import NonFiniteLoss
 
 from .heartbeat import Heartbeat
 from .params import apply, suggest
@@ -140,6 +141,15 @@ class Objective:
             with Heartbeat(trial, self.heartbeat_interval):  # train() runs the guard: once per trial
                 result = train(config, callbacks=(callback,), echo=lambda m: self.echo(f"  [{tag}] {m}"),
                                model_factory=self.model_factory)
+        except NonFiniteLoss as err:
+            # Diverged (a too-high LR, typically): a result of the search, charged as IoU 0, not an error.
+            trial.set_user_attr("diverged", True)
+            _record(trial, epochs=len(callback.history), best_iou=0.0, reached=False,
+                    minutes=(time.perf_counter() - started) / 60)
+            factor = penalty_factor(0.0, run.target_iou)
+            values = [PENALTY_MINUTES * factor, run.max_epochs * factor][: len(OBJECTIVES[self.objectives])]
+            self.echo(f"trial {trial.number}: diverged ({err}); penalised as IoU 0")
+            return values[0] if len(values) == 1 else values
         except optuna.TrialPruned:
             epochs, best = len(callback.history), max(callback.history, default=float("nan"))
             _record(trial, epochs=epochs, best_iou=best, reached=False,

@@ -46,13 +46,15 @@ def build_loaders(plan: RunPlan, ctx, seed: int) -> Loaders:
     if loader == "hdf5":
         return build_reference_loaders(plan.data_dir, local_batch_size=hp.local_batch_size,
                                        workers=plan.run.max_inter_threads, rank=ctx.rank, world_size=ctx.world_size,
-                                       channels=hp.channels, pin_memory=plan.device.type == "cuda")
+                                       channels=hp.channels, pin_memory=plan.device.type == "cuda",
+                                       validation_batch_size=plan.eval_batch_size)
     if loader == "dali":
         from fastcam.data.dali import build_dali_loaders as build
     else:
         from fastcam.data.staged import build_staged_loaders as build
     train, validation = build(plan.stage_root, local_batch_size=hp.local_batch_size, seed=seed,
-                              device=plan.device, threads=plan.loader_workers)
+                              device=plan.device, threads=plan.loader_workers,
+                              validation_batch_size=plan.eval_batch_size)
     # The MLPerf sample counts are the data set's, not this rank's shard.
     return Loaders(train, validation, train, plan.train_samples, plan.validation_samples, plan.sample_shape,
                    input_dtype=plan.input_dtype)

@@ -31,6 +31,7 @@ class RunPlan:
     rank: int
     world_size: int
     global_batch_size: int  # local batch x ranks x gradient accumulation
+    eval_batch_size: int  # validation samples per rank per step (the reference: 1)
     loader_workers: int  # the reference: min(max_inter_threads, local batch); staged: reader threads
     input_dtype: torch.dtype  # what the loader delivers (the stage cache holds float16)
     data_dir: Path
@@ -83,6 +84,7 @@ def resolve_plan(config: Config, ctx, device: torch.device | None = None,
     return RunPlan(
         config=config, device=device, execution=execution, rank=ctx.rank, world_size=ctx.world_size,
         global_batch_size=hp.local_batch_size * ctx.world_size * hp.gradient_accumulation_frequency,
+        eval_batch_size=config.optimizations.local_batch_size_validation or hp.local_batch_size,
         loader_workers=max(2, run.max_inter_threads) if cached else min(run.max_inter_threads, hp.local_batch_size),
         input_dtype=torch.float16 if cached else torch.float32,
         data_dir=data_dir, train_samples=len(train_files), validation_samples=len(validation_files),

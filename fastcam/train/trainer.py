@@ -31,6 +31,7 @@ import torch
 
 from fastcam import distributed
 from fastcam.data.layout import NUM_CLASSES
+from fastcam.errors import DataError
 from fastcam.loss import WeightedCrossEntropy
 from fastcam.metric import per_sample_iou
 from fastcam.model import build_model
@@ -77,6 +78,7 @@ class Callback:
 
     def on_fit_start(self, trainer: "Trainer") -> None: ...
     def on_epoch_start(self, trainer: "Trainer", epoch: int) -> None: ...
+    def on_batch_end(self, trainer: "Trainer", epoch: int, batch_index: int, samples: int) -> None: ...
     def on_step_logged(self, trainer: "Trainer", epoch: int, step: int, lr: float, loss: float, iou: float) -> None: ...
     def on_train_end(self, trainer: "Trainer", epoch: int, result: EpochResult) -> None: ...
     def on_eval_start(self, trainer: "Trainer", epoch: int) -> None: ...
@@ -141,16 +143,21 @@ class Trainer:
         self.last_lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.zero_grad(set_to_none=True)
         self._micro = 0
-        for inputs, labels, _ in batches:
+        guard = _NonFiniteGuard(self.execution.device)
+        for index, (inputs, labels, names) in enumerate(batches):
             step_before = self.step
             loss, logits, labels = self.train_step(inputs, labels)
             loss_sum += loss.double()
             micro += 1
             last = (loss, logits, labels)
+            guard.record(loss, self.step, names)
+            for cb in callbacks:
+                cb.on_batch_end(self, epoch, index, labels.shape[0])
             if frequency > 0 and self.step != step_before and self.step % frequency == 0 and callbacks:
                 loss_avg, iou_avg = _rank_mean(self.ctx, loss, _batch_iou(logits, labels))
                 for cb in callbacks:
                     cb.on_step_logged(self, epoch, self.step, self.last_lr, loss_avg, iou_avg)
+        guard.check()
         if micro == 0:
             return EpochResult(float("nan"), float("nan"), 0, 0)
         loss, logits, labels = last
@@ -161,17 +168,30 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, batches: Iterable) -> EvalResult:
-        """Mean IoU and loss over the whole validation set, all ranks."""
+        """Mean IoU and loss over the whole validation set, all ranks. At the
+        reference's batch 1 the loss is the criterion's; batched, it is the sum
+        of per-sample losses, and a short last batch is padded to the plan's
+        batch (one shape for compiled graphs) with the padding not counted."""
         self.net.eval()
+        size = self.plan.eval_batch_size
         totals = torch.zeros(3, dtype=torch.float64, device=self.execution.device)  # iou sum, loss sum, count
         for inputs, labels, _ in batches:
             inputs, labels = place_batch(inputs, labels, self.execution)
+            real = labels.shape[0]
+            if size > 1 and real < size:
+                pad = size - real
+                inputs = torch.cat([inputs, inputs[-1:].expand(pad, *inputs.shape[1:])])
+                inputs = inputs.contiguous(memory_format=self.execution.memory_format)
+                labels = torch.cat([labels, labels[-1:].expand(pad, *labels.shape[1:])])
             with self.execution.autocast():
                 logits = self.net(inputs)
-                loss = self.criterion(logits, labels)
+            logits, labels = logits[:real], labels[:real]
+            if size == 1:
+                totals[1] += self.criterion(logits, labels).double()
+            else:
+                totals[1] += self.criterion.per_sample(logits, labels).double().sum()
             totals[0] += per_sample_iou(logits.argmax(dim=1), labels, logits.shape[1]).sum()
-            totals[1] += loss.detach().double() * labels.shape[0]
-            totals[2] += labels.shape[0]
+            totals[2] += real
         distributed.all_reduce_sum(totals, self.ctx)
         iou_sum, loss_sum, count = totals.tolist()
         if count == 0:
@@ -180,7 +200,7 @@ class Trainer:
 
     # -- around the timed region ------------------------------------------------
     def warm_up(self, steps: int = 2) -> float:
-        """Run ``steps`` training steps and one batch-1 evaluation on random
+        """Run ``steps`` training steps and one evaluation batch on random
         tensors of the plan's shape and input dtype (so compiled graphs do not
         recompile on the first real batch), then restore every piece of state
         (weights, BN statistics, optimizer, scaler, RNG, counters): the run's
@@ -192,7 +212,7 @@ class Trainer:
         hp = self.plan.hyperparameters
         batches = [self.synthetic_batch(hp.local_batch_size) for _ in range(steps)]
         self.train_epoch(batches)
-        self.evaluate([self.synthetic_batch(1)])
+        self.evaluate([self.synthetic_batch(self.plan.eval_batch_size)])
         if self.execution.device.type == "cuda":
             torch.cuda.synchronize(self.execution.device)
         model_state, optimizer_state, scaler_state, scheduler_state, rng, step = saved
@@ -249,6 +269,42 @@ class Trainer:
         for cb in callbacks:
             cb.on_fit_end(self, reached)
         return history
+
+
+class NonFiniteLoss(DataError):
+    """The training loss became NaN or infinite (bad data, or a diverging LR)."""
+
+
+class _NonFiniteGuard:
+    """Stops training on a non-finite loss with one line naming the step and the
+    batch's files. The test runs on the device (``isfinite`` into a flag and the
+    first bad step, no host read per step); the host looks every ``CHECK_EVERY``
+    batches and at the epoch's end, keeping the names of the batches since its
+    last look. It only reads values, so a run that stays finite is unchanged
+    (the reference does not check; its numbers are kept)."""
+
+    CHECK_EVERY = 64
+
+    def __init__(self, device: torch.device):
+        self.first_bad = torch.full((), -1, dtype=torch.int64, device=device)
+        self.names: dict[int, Sequence[str]] = {}
+        self.seen = 0
+
+    def record(self, loss: torch.Tensor, step: int, names) -> None:
+        bad = ~torch.isfinite(loss) & (self.first_bad < 0)
+        self.first_bad = torch.where(bad, torch.full_like(self.first_bad, step), self.first_bad)
+        self.names[step] = names
+        self.seen += 1
+        if self.seen % self.CHECK_EVERY == 0:
+            self.check()
+
+    def check(self) -> None:
+        step = int(self.first_bad.item()) if self.names else -1
+        if step >= 0:
+            files = ", ".join(str(n) for n in self.names.get(step, ()))
+            raise NonFiniteLoss(f"non-finite training loss at step {step} (batch of {files}); stopping: "
+                                "check these files (fastcam data check) or lower the learning rate")
+        self.names.clear()
 
 
 def _batch_iou(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
