@@ -11,6 +11,7 @@ every rank.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -90,23 +91,35 @@ class Checkpointer(Callback):
             self.save(trainer, Path(run.output_dir) / f"{run.model_prefix}_step_{record.step}.cpt", record.epoch)
 
     def save(self, trainer: Trainer, path: Path, epoch: int) -> Path:
-        move_aside(path, self.say)  # another run's checkpoint of the same name is kept, not overwritten
-        return checkpoint.save(path, model=trainer.model, optimizer=trainer.optimizer, scheduler=trainer.scheduler,
-                               grad_scaler=trainer.scaler, step=trainer.step, epoch=epoch,
-                               hyperparameters=checkpoint.hyperparameters_record(trainer.plan.hyperparameters),
-                               seed=self.seed)
+        # Another run's checkpoint of the same name is kept, not overwritten; if
+        # this save fails (disk full: one WriteError), it goes back in place.
+        kept = move_aside(path, self.say)
+        try:
+            return checkpoint.save(path, model=trainer.model, optimizer=trainer.optimizer,
+                                   scheduler=trainer.scheduler, grad_scaler=trainer.scaler, step=trainer.step,
+                                   epoch=epoch,
+                                   hyperparameters=checkpoint.hyperparameters_record(trainer.plan.hyperparameters),
+                                   seed=self.seed)
+        except BaseException:
+            if kept is not None and not path.exists():
+                kept.rename(path)
+            raise
 
 
-def move_aside(path: Path, say) -> None:
-    """Never overwrite an earlier run's log or checkpoint: keep it under a timestamped name."""
-    if path.exists():
-        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(path.stat().st_mtime))
+def move_aside(path: Path, say) -> Path | None:
+    """Never overwrite an earlier run's log or checkpoint: keep it under a
+    timestamped name, which is returned (None when there was nothing to keep).
+    A symbolic link counts as something there (``lexists``): it is moved, not followed."""
+    if os.path.lexists(path):
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(path.lstat().st_mtime))
         kept = path.with_name(f"{path.stem}.{stamp}{path.suffix}")
         n = 1
-        while kept.exists():
+        while os.path.lexists(kept):
             kept, n = path.with_name(f"{path.stem}.{stamp}-{n}{path.suffix}"), n + 1
         path.rename(kept)
         say(f"kept the previous {path.name} as {kept}")
+        return kept
+    return None
 
 
 def epoch_line(r: EpochRecord, max_epochs: int) -> str:

@@ -9,7 +9,8 @@ checked on resume). Every field is a tensor or a plain Python value, so
 ``torch.load(path, weights_only=True)`` -- the reference's plain ``torch.load``
 since torch 2.6 -- reads a fastcam checkpoint with no extra globals. Files are
 written to a temp file, fsynced and renamed, so a crash never leaves a
-half-written checkpoint in place of a good one.
+half-written checkpoint in place of a good one (fastcam.files: the temp file
+of a killed write is removed by the next run; a full disk is one WriteError).
 """
 
 from __future__ import annotations
@@ -114,17 +115,30 @@ def load(path: str | os.PathLike) -> dict[str, Any]:
     return payload
 
 
+def check_hyperparameters(payload: dict[str, Any], path, hyperparameters: dict[str, Any]) -> None:
+    """A CheckpointError naming the first hyperparameter the checkpoint was written with differently.
+    Called before the run writes anything (fastcam.train.run), and again by :func:`restore`."""
+    saved = payload.get("hyperparameters")
+    if saved is None:  # a reference checkpoint records none
+        return
+    for key in sorted(set(saved) | set(hyperparameters)):
+        if saved.get(key) != hyperparameters.get(key):
+            raise CheckpointError(
+                f"{path}: checkpoint was written with {key}={saved.get(key)!r}, "
+                f"this run has {key}={hyperparameters.get(key)!r}")
+
+
 def restore(payload: dict[str, Any], path, *, model, optimizer, scheduler, grad_scaler,
             hyperparameters: dict[str, Any]) -> tuple[int, int]:
     """Load ``payload`` into the run; returns (step, epoch) it was taken at."""
-    saved = payload.get("hyperparameters")
-    if saved is not None:
-        for key in sorted(set(saved) | set(hyperparameters)):
-            if saved.get(key) != hyperparameters.get(key):
-                raise CheckpointError(
-                    f"{path}: checkpoint was written with {key}={saved.get(key)!r}, "
-                    f"this run has {key}={hyperparameters.get(key)!r}")
-    load_reference_state_dict(model, payload["model"])
+    check_hyperparameters(payload, path, hyperparameters)
+    try:
+        load_reference_state_dict(model, payload["model"])
+    except CheckpointError as err:
+        raise CheckpointError(f"{path}: model weights do not match this network ({err})") from None
+    except (RuntimeError, KeyError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path}: model weights do not match this network ({first})") from None
     try:
         optimizer.load_state_dict(payload["optimizer"])
     except (ValueError, KeyError, RuntimeError) as err:

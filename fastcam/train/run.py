@@ -8,10 +8,21 @@ where the hpc 3.0.0 compliance rules allow: the submission keys, then staging
 outlast the 30 minutes the checker allows for init), ``init_start``,
 ``cache_clear``, ``number_of_ranks``, the hyperparameter keys, fastcam's own
 keys, ``init_stop``; the epochs are fastcam.train.callbacks.MLPerfRecorder's.
+
+Faults (issue 17). Before anything is written: the log path must not be a
+symbolic link, a checkpoint to resume must load and match the run, and temp
+files of writes killed in an earlier run are removed from the output
+directory. A start that fails after the log was opened (before ``init_stop``)
+removes its stub and puts the previous log back, so a failed start leaves the
+directory as it was. Collectives time out after ``FASTCAM_COLLECTIVE_TIMEOUT_S``
+seconds (default 600): a rank that stops responding ends the others with one
+line instead of the 2 hours staging needs (staging waits on its own group,
+fastcam.distributed.barrier(..., long_wait=True)).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -21,10 +32,10 @@ from pathlib import Path
 
 import torch
 
-from fastcam import distributed, guard
+from fastcam import distributed, files, guard
 from fastcam import logkeys as K
 from fastcam.config import Config
-from fastcam.errors import CheckpointError
+from fastcam.errors import CheckpointError, CollectiveTimeoutError, ConfigError
 from fastcam.train import checkpoint, mlperf
 from fastcam.train.callbacks import Checkpointer, ConsoleLine, MLPerfRecorder, move_aside
 from fastcam.train.execution import resolve_device
@@ -34,9 +45,13 @@ from fastcam.train.plan import RunPlan, resolve_plan
 from fastcam.train.trainer import Callback, EpochRecord, Trainer
 
 ORG = "fastcam"
-# Collectives wait on the slowest rank's staging (before init_start): allow
-# far longer than NCCL's 10-minute default before declaring a hang.
+# Staging waits for the slowest rank's staging (before init_start): allow far
+# longer than NCCL's 10-minute default there (distributed.barrier's long_wait).
 PROCESS_GROUP_TIMEOUT = timedelta(hours=2)
+# Every other collective: a stopped rank must end the job in minutes, not hours
+# (issue 17, defect 9). A training step on the real set takes well under a second.
+COLLECTIVE_TIMEOUT_ENV = "FASTCAM_COLLECTIVE_TIMEOUT_S"
+DEFAULT_COLLECTIVE_TIMEOUT = timedelta(minutes=10)
 
 
 @dataclass
@@ -59,24 +74,53 @@ def train(config: Config, callbacks: Sequence[Callback] = (), echo: Callable[[st
     the reference network (tests of the loop mechanics use a small one)."""
     guard.check(config)
     device = resolve_device(config.run.device)
-    ctx = distributed.init_distributed(config.run.wireup_method, device.type, timeout=PROCESS_GROUP_TIMEOUT)
+    timeout = collective_timeout()
+    ctx = distributed.init_distributed(config.run.wireup_method, device.type, timeout=timeout,
+                                       wait_timeout=PROCESS_GROUP_TIMEOUT)
     try:
         plan = resolve_plan(config, ctx)
         if plan.device.type == "cuda":
             torch.cuda.set_device(plan.device)  # an explicit cuda:K must also be the current device
         return _run(plan, ctx, tuple(callbacks), echo, model_factory)
+    except RuntimeError as err:
+        if not distributed.is_timeout(err):
+            raise
+        raise CollectiveTimeoutError(
+            f"rank {ctx.rank}: a collective waited {timeout.total_seconds():g} s for another rank, which "
+            f"stopped responding (stopped, hung or dead); {COLLECTIVE_TIMEOUT_ENV}=SECONDS waits longer") from None
     finally:
         distributed.shutdown(ctx)
+
+
+def collective_timeout(environ=None) -> timedelta:
+    """``FASTCAM_COLLECTIVE_TIMEOUT_S`` (seconds, > 0) or the 10-minute default."""
+    value = (os.environ if environ is None else environ).get(COLLECTIVE_TIMEOUT_ENV, "").strip()
+    if not value:
+        return DEFAULT_COLLECTIVE_TIMEOUT
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds < float("inf"):
+        raise ConfigError(f"{COLLECTIVE_TIMEOUT_ENV}={value!r}: must be a positive number of seconds")
+    return timedelta(seconds=seconds)
 
 
 def _run(plan: RunPlan, ctx, callbacks, echo, model_factory) -> TrainResult:
     say = (echo or _print) if ctx.is_main else (lambda _msg: None)
     config, hp, run = plan.config, plan.hyperparameters, plan.run
+    # Everything that can refuse the run does so before anything is written or moved.
+    seed, resume = _seed_and_resume(run, ctx, hp)
+    kept_log = None
     if ctx.is_main:
-        move_aside(plan.log_path, say)
+        _check_log_path(plan.log_path)
+        for path in files.remove_stale_temps(run.output_dir):
+            say(f"removed {path}, left by a write that was killed")
+        kept_log = move_aside(plan.log_path, say)
     distributed.barrier(ctx)
     logger = mlperf.MLPerfLogger(plan.log_path, rank=ctx.rank)
     recorder = MLPerfRecorder(logger, ctx)
+    initialised = False
     try:
         division = "open" if config.open_division else "closed"
         mlperf.log_events(logger, mlperf.submission_events(
@@ -86,7 +130,6 @@ def _run(plan: RunPlan, ctx, callbacks, echo, model_factory) -> TrainResult:
         logger.start(K.INIT_START)
         logger.event(K.CACHE_CLEAR, True)
         logger.event(K.NUMBER_OF_RANKS, ctx.world_size)
-        seed, resume = _seed_and_resume(run, ctx)
         torch.manual_seed(seed)
         trainer = Trainer(plan, ctx, model=model_factory() if model_factory else None)
         start_epoch = 0
@@ -114,11 +157,15 @@ def _run(plan: RunPlan, ctx, callbacks, echo, model_factory) -> TrainResult:
             f"of {plan.sample_shape[0]}x{plan.sample_shape[1]}, seed {seed}, log {plan.log_path}")
         distributed.barrier(ctx)
         logger.end(K.INIT_STOP)
+        initialised = True
         checkpointer = Checkpointer(say, seed)
         history = trainer.fit(loaders, (recorder, ConsoleLine(say), checkpointer, *callbacks), start_epoch)
     except BaseException:
-        if logger.active and recorder.status != "success":
-            logger.end(K.RUN_STOP, metadata={K.STATUS: "aborted"})
+        if initialised and logger.active and recorder.status != "success":
+            _quietly(lambda: logger.end(K.RUN_STOP, metadata={K.STATUS: "aborted"}))
+        _quietly(logger.close)
+        if not initialised and ctx.is_main:
+            _undo_start(plan.log_path, kept_log, say)
         raise
     finally:
         logger.close()
@@ -138,10 +185,12 @@ def _run(plan: RunPlan, ctx, callbacks, echo, model_factory) -> TrainResult:
     return result
 
 
-def _seed_and_resume(run, ctx):
+def _seed_and_resume(run, ctx, hp):
     seed = run.seed if run.seed is not None else distributed.broadcast_object(
         1 + int(time.time() * 1000) % (2**31 - 1), ctx)
     resume = checkpoint.load(run.checkpoint) if run.checkpoint else None
+    if resume is not None:
+        checkpoint.check_hyperparameters(resume, run.checkpoint, checkpoint.hyperparameters_record(hp))
     if resume is not None and resume.get("seed") is not None:
         # The staged loaders' order is drawn from seed + epoch: resuming under another seed is not exact.
         if run.seed is not None and run.seed != int(resume["seed"]):
@@ -149,6 +198,32 @@ def _seed_and_resume(run, ctx):
                                   f"this run has --seed {run.seed}; drop --seed to continue exactly")
         seed = int(resume["seed"])
     return seed, resume
+
+
+def _check_log_path(path: Path) -> None:
+    """Never write a log through a symbolic link, dangling or not (issue 17, defect 7)."""
+    if path.is_symlink():
+        raise ConfigError(f"{path} is a symbolic link (to {os.readlink(path)}): fastcam never writes a log "
+                              "through a link, which could land outside the output directory; remove it")
+
+
+def _undo_start(log_path: Path, kept: Path | None, say) -> None:
+    """A start that failed before ``init_stop`` leaves no stub log: the previous log goes back in place."""
+    try:
+        log_path.unlink(missing_ok=True)
+        if kept is not None:
+            kept.rename(log_path)
+            say(f"the start failed: {log_path} is the previous run's log again")
+    except OSError as err:
+        say(f"the start failed and {log_path} could not be restored ({err.strerror or err})")
+
+
+def _quietly(action) -> None:
+    """Clean-up on the way out must not replace the error that stopped the run."""
+    try:
+        action()
+    except Exception:  # noqa: BLE001 - the original error is re-raised by the caller
+        pass
 
 
 def _summary(result: TrainResult, target: float) -> str:
