@@ -11,7 +11,7 @@ Parts (``--parts``, default all):
 - ``step``: ``Trainer.train_step`` on synthetic tensors (samples/s, ms/step,
   peak memory, TFLOP/s from 1.97 TFLOP per 768x1152 sample scaled by area,
   warm-up seconds, the optimizer implementation, host reads per step);
-- ``eval``: ``Trainer.evaluate`` at the validation batch (samples/s);
+- ``eval``: ``Trainer.evaluate`` at the plan's validation batch (samples/s);
 - ``loader``: the reference HDF5 reader, the staged loader and DALI (after
   staging, timed separately), no training;
 - ``epoch``: each mode's own loader plus step over ``--steps`` batches.
@@ -156,13 +156,14 @@ def _bench_step(config, ctx, device, data, args) -> dict:
 
 def _bench_eval(config, ctx, device, data, args) -> dict:
     trainer = _trainer(config, ctx, device, data)
-    batch = trainer.synthetic_batch(1)  # the trainer evaluates at batch 1, as the reference does
+    size = trainer.plan.eval_batch_size  # the reference's 1 in baseline mode
+    batch = trainer.synthetic_batch(size)
     trainer.evaluate([batch] * max(1, args.warmup))
     _sync(device)
     start = time.perf_counter()
     trainer.evaluate([batch] * args.steps)
     seconds = time.perf_counter() - start
-    return {"samples_per_s": args.steps / seconds, "batch_size": 1}
+    return {"samples_per_s": args.steps * size / seconds, "batch_size": size}
 
 
 def _bench_epoch(config, ctx, device, data, args) -> dict:
