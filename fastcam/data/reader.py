@@ -42,6 +42,8 @@ def read_sample(path: Path, channels: Sequence[int] | None = None) -> tuple[np.n
             data = f[layout.DATA_KEY]
             if data.ndim != 3:
                 raise DataError(f"{path}: {layout.DATA_KEY} has shape {data.shape}, expected H x W x C")
+            if channels is not None and channels and max(channels) >= data.shape[-1]:
+                raise DataError(f"{path}: {data.shape[-1]} channels, but channel {max(channels)} was selected")
             data = data[...] if channels is None else data[..., list(channels)]
             label = f[layout.LABEL_KEY][...]
     except DataError:
@@ -49,6 +51,28 @@ def read_sample(path: Path, channels: Sequence[int] | None = None) -> tuple[np.n
     except (OSError, KeyError, ValueError, TypeError) as err:
         raise DataError(f"{path}: unreadable sample ({err})") from None
     return data, label
+
+
+def check_sample(path: Path, data: np.ndarray, label: np.ndarray, channels: int,
+                 shape: tuple[int, int] | None) -> None:
+    """A DataError naming ``path`` unless its data is H x W x ``channels``, its labels H x W and in
+    0..2, and H x W is ``shape`` (the first file's): otherwise a bad file ends as a traceback far
+    from it (collate's "resize storage", the loss's "Target 5 is out of bounds"; issue 17, defect 2).
+    Values are not checked for being finite here: fastcam data check does, and the trainer's loss."""
+    if data.shape[-1] != channels:
+        raise DataError(f"{path}: {data.shape[-1]} channels, stats file has {channels}")
+    if shape is not None and tuple(data.shape[:2]) != tuple(shape):
+        raise DataError(f"{path}: sample is {data.shape[0]} x {data.shape[1]}, the data set's first file "
+                        f"{shape[0]} x {shape[1]}; all samples must have the same size")
+    if label.shape != data.shape[:2]:
+        raise DataError(f"{path}: labels are {' x '.join(map(str, label.shape))}, the data "
+                        f"{data.shape[0]} x {data.shape[1]}")
+    if not np.issubdtype(label.dtype, np.integer):
+        raise DataError(f"{path}: labels are {label.dtype}, expected integers")
+    low, high = int(label.min()), int(label.max())
+    if low < 0 or high >= layout.NUM_CLASSES:
+        bad = low if low < 0 else high
+        raise DataError(f"{path}: holds label {bad}; labels must be in 0..{layout.NUM_CLASSES - 1}")
 
 
 def shard_validation(files: Sequence[Path], rank: int, world_size: int) -> list[Path]:
@@ -65,7 +89,8 @@ class CamDataset(Dataset):
     """One sample per HDF5 file, normalised and transposed to C x H x W."""
 
     def __init__(self, files: Sequence[Path], minval: np.ndarray, maxval: np.ndarray,
-                 channels: Sequence[int] | None = None, transpose: bool = True):
+                 channels: Sequence[int] | None = None, transpose: bool = True,
+                 sample_shape: tuple[int, int] | None = None):
         if not files:
             raise DataError("no sample files to read")
         self.files = list(files)
@@ -75,6 +100,7 @@ class CamDataset(Dataset):
         span = np.asarray(maxval, dtype=np.float32) - np.asarray(minval, dtype=np.float32)
         self.scale = (1.0 / span).astype(np.float32).reshape(1, 1, -1)
         self.transpose = transpose
+        self.sample_shape = sample_shape  # H, W every file must have (None: not checked)
 
     def __len__(self) -> int:
         return len(self.files)
@@ -82,8 +108,7 @@ class CamDataset(Dataset):
     def __getitem__(self, index: int):
         path = self.files[index]
         data, label = read_sample(path, self.channels)
-        if data.shape[-1] != self.shift.shape[-1]:
-            raise DataError(f"{path}: {data.shape[-1]} channels, stats file has {self.shift.shape[-1]}")
+        check_sample(path, data, label, self.shift.shape[-1], self.sample_shape)
         data = self.scale * (data - self.shift)
         if self.transpose:
             data = np.ascontiguousarray(np.transpose(data, (2, 0, 1)))
@@ -128,7 +153,9 @@ def build_reference_loaders(data_dir: str | os.PathLike, *, local_batch_size: in
     minval, maxval = layout.load_stats(data_dir, None if channels is None else list(channels))
     train_files = layout.list_files(data_dir, "train")
     val_files = layout.list_files(data_dir, "validation")
-    train_set = CamDataset(reference_train_order(train_files), minval, maxval, channels)
+    height, width, _ = sample_shape(train_files[0])
+    train_set = CamDataset(reference_train_order(train_files), minval, maxval, channels,
+                           sample_shape=(height, width))
     sampler = DistributedSampler(train_set, num_replicas=world_size, rank=rank, shuffle=True,
                                  seed=SAMPLER_SEED, drop_last=True)
     if len(sampler) < local_batch_size:
@@ -139,11 +166,11 @@ def build_reference_loaders(data_dir: str | os.PathLike, *, local_batch_size: in
     num_workers = min(workers, local_batch_size)
     train = DataLoader(train_set, batch_size=local_batch_size, sampler=sampler, num_workers=num_workers,
                        pin_memory=pin_memory, drop_last=True)
-    val_set = CamDataset(shard_validation(val_files, rank, world_size), minval, maxval, channels) \
+    val_set = CamDataset(shard_validation(val_files, rank, world_size), minval, maxval, channels,
+                         sample_shape=(height, width)) \
         if len(val_files) >= world_size else _too_few_validation(data_dir, len(val_files), world_size)
     validation = DataLoader(val_set, batch_size=validation_batch_size, shuffle=False, num_workers=num_workers,
                             pin_memory=pin_memory, drop_last=False)
-    height, width, _ = sample_shape(train_files[0])
     return Loaders(train, validation, sampler, len(train_files), len(val_files), (height, width))
 
 

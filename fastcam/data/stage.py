@@ -38,7 +38,12 @@ then sets and flushes the sample's checksum marker. A worker re-reads what it
 wrote and compares checksums. An interrupted staging (an error, Ctrl-C,
 SIGKILL) resumes on the next call: samples marked done are re-verified against
 their checksums, the rest are staged. A complete stage whose index matches the
-source is reused without reading anything.
+source is reused without reading the source, after a check of its stored
+checksums (``verify``): by default of :data:`DEFAULT_VERIFY_SAMPLES` samples
+per split spread over it, first and last included; ``"full"`` checks every
+sample. A mismatch (a cache changed since staging: issue 17, defect 1 trained
+two epochs on overwritten inputs) is reported in one line, and the split is
+resumed: every sample is verified and the changed ones staged again.
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -78,6 +83,8 @@ from fastcam.data.stage_worker import _Pool, _Task
 from fastcam.errors import ConfigError, DataError
 
 MAX_DEFAULT_WORKERS = 8
+VERIFY_MODES = ("sample", "full")
+DEFAULT_VERIFY_SAMPLES = 16  # per split: ~0.5 GB of crc32 on the real set, well under a second
 
 # What the reader of a cache needs; everything in the index except bookkeeping.
 _BOOKKEEPING = ("complete", "staging_seconds", "resumed")
@@ -137,6 +144,7 @@ class _Plan:
     files: list[Path]
     identity: dict
     shape: tuple[int, int, int, int]  # N, H, W, C
+    changed: list[int] = field(default_factory=list)  # samples of a reused cache that failed their checksum
 
     @property
     def sizes(self) -> dict[str, int]:
@@ -146,12 +154,14 @@ class _Plan:
 
 def stage_dataset(src: str | os.PathLike, dst: str | os.PathLike, *, rank: int = 0, world_size: int = 1,
                   workers: int | None = None, progress: bool = True, channels: Sequence[int] | None = None,
-                  on_sample: Callable[[str, int], None] | None = None) -> StageSummary:
+                  on_sample: Callable[[str, int], None] | None = None, verify: str = "sample") -> StageSummary:
     """Stage this rank's training and validation shards of ``src`` into ``dst``.
 
     ``channels`` selects input channels (the reference's ``--channels``; default
     all). ``on_sample(split, index)`` is called in this process after each
     sample is written, verified and marked done (for tests; raising stops staging).
+    ``verify`` says how much of a reused cache is checked against its stored
+    checksums: ``"sample"`` (default) or ``"full"``.
     Each rank needs its own ``dst`` (the cache holds one rank's shards); a
     second staging into a ``dst`` in use is refused.
     """
@@ -159,14 +169,17 @@ def stage_dataset(src: str | os.PathLike, dst: str | os.PathLike, *, rank: int =
         raise ConfigError(f"--rank {rank} --world-size {world_size}: need 0 <= rank < world size")
     if workers is not None and workers < 1:
         raise ConfigError(f"--workers {workers}: must be >= 1")
+    if verify not in VERIFY_MODES:
+        raise ConfigError(f"cache verification {verify!r}: choose one of {', '.join(VERIFY_MODES)}")
     start = time.perf_counter()
     with _exclusive(Path(dst)):
-        return _stage_locked(Path(src), Path(dst), rank, world_size, workers, progress, channels, on_sample, start)
+        return _stage_locked(Path(src), Path(dst), rank, world_size, workers, progress, channels, on_sample, start,
+                             verify)
 
 
 def _stage_locked(src: Path, dst: Path, rank: int, world_size: int, workers: int | None, progress: bool,
                   channels: Sequence[int] | None, on_sample: Callable[[str, int], None] | None,
-                  start: float) -> StageSummary:
+                  start: float, verify_mode: str) -> StageSummary:
     from tqdm import tqdm
 
     channel_list = None if channels is None else [int(c) for c in channels]
@@ -174,8 +187,21 @@ def _stage_locked(src: Path, dst: Path, rank: int, world_size: int, workers: int
     stats = (tuple(minval.tolist()), tuple(maxval.tolist()), None if channel_list is None else tuple(channel_list))
     plans = [_plan(src, dst, split, rank, world_size, channel_list, minval, maxval)
              for split in layout.SPLITS]
-    todo = [p for p in plans if not _is_complete(p)]
+    complete = [p for p in plans if _is_complete(p)]
+    todo = [p for p in plans if p not in complete]
+    for plan in complete:
+        changed = _check_reused(plan, stats, verify_mode, workers, progress)
+        if changed:
+            print(f"fastcam: {len(changed)} staged sample(s) in {plan.directory} differ from their stored "
+                  f"checksums (first: {plan.files[changed[0]]}); verifying all and staging changed ones again",
+                  flush=True)
+            index = read_index(plan.directory)
+            _write_index(plan.directory, {**index, "complete": False})  # a crash now leaves it to resume
+            todo.append(plan)
     marks = {p.split: _prepare(p) for p in todo}
+    for plan in todo:
+        for i in getattr(plan, "changed", ()):
+            _set_mark(marks[plan.split], i, 0)
     verify = [_Task("verify", p.split, str(p.directory), int(i), str(p.files[i]), p.shape[1:], stats,
                     int(marks[p.split][i])) for p in todo for i in np.flatnonzero(marks[p.split])]
     default = max(1, min(os.cpu_count() or 1, MAX_DEFAULT_WORKERS))
@@ -212,6 +238,33 @@ def _stage_locked(src: Path, dst: Path, rank: int, world_size: int, workers: int
     splits = tuple(SplitStage(p.split, p.directory, p.shape[0], staged[p.split], reverified[p.split],
                               p.split not in pending, seconds, sum(p.sizes.values())) for p in plans)
     return StageSummary(dst, rank, world_size, workers, seconds, splits)
+
+
+def _check_reused(plan: _Plan, stats: tuple, mode: str, workers: int | None, progress: bool) -> list[int]:
+    """Indices of a complete split's checked samples whose bytes no longer match their checksums
+    (also kept on ``plan.changed``). ``sample`` mode reads a few in this process; ``full`` all, in workers."""
+    from tqdm import tqdm
+
+    from fastcam.data.check import value_sample
+
+    count = plan.shape[0]
+    try:
+        stored = np.fromfile(plan.directory / MARKS_FILE, dtype=np.uint64, count=count)
+    except (OSError, ValueError) as err:
+        raise DataError(f"{plan.directory / MARKS_FILE}: cannot read ({err})") from None
+    chosen = range(count) if mode == "full" else value_sample(count, DEFAULT_VERIFY_SAMPLES)
+    tasks = [_Task("verify", plan.split, str(plan.directory), int(i), str(plan.files[i]), plan.shape[1:], stats,
+                   int(stored[i])) for i in chosen]
+    pool_size = 1 if mode == "sample" else max(1, min(workers or os.cpu_count() or 1, MAX_DEFAULT_WORKERS))
+    changed = []
+    with _Pool(pool_size) as pool, tqdm(total=len(tasks), desc=f"verify {plan.split} cache", unit="sample",
+                                        disable=not progress or mode == "sample") as bar:
+        for task, ok in pool.run(tasks):
+            if not ok:
+                changed.append(task.index)
+            bar.update()
+    plan.changed = sorted(changed)
+    return plan.changed
 
 
 @contextlib.contextmanager

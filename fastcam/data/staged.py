@@ -12,9 +12,16 @@ consumer's stream waits on that batch's copy event, and the device tensors are
 memory while the model still reads them; a host buffer is refilled only after
 the event of its last copy completed. Labels are converted to int64 on the
 device (an eighth of the bytes cross the bus). Elsewhere (CPU) the same code
-runs without pinning and without a side stream, with fresh buffers per batch,
-so that a batch the consumer keeps is never overwritten, and the labels are
-converted to int64 in the reading threads.
+runs without pinning and without a side stream, and the labels are converted
+to int64 in the reading threads. The CPU batches are the host buffers
+themselves, from a ring of ``prefetch + 3`` reused buffers (a fresh buffer per
+batch cost about 6x the CPU time; issue 13). Ownership: a batch's buffer is
+reused only once nothing refers to the batch any more -- its tensors, or any
+view or NumPy array of them (each batch is handed out as a new tensor aliasing
+the buffer, whose views keep it alive; the ring checks a weak reference to
+it). A consumer that drops a batch when it asks for the next (the Trainer)
+gets the ring; one that keeps every batch (``list(loader)``) gets fresh
+buffers for those it keeps, never an overwritten batch.
 
 Inputs come out as float16 N x C x H x W in channels-last memory format (a
 permuted view of the N x H x W x C batch), labels as int64 N x H x W, names
@@ -27,6 +34,7 @@ across epochs. Float16 storage error: see :mod:`fastcam.data.stage`.
 from __future__ import annotations
 
 import os
+import weakref
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -46,6 +54,10 @@ class _HostBatch:
     labels: torch.Tensor  # N x H x W uint8
     names: list[str]
     copied: "torch.cuda.Event | None" = None  # last copy out of these buffers (CUDA only)
+    handed_out: tuple = ()  # CPU: weak references to the tensors last handed out of these buffers
+
+    def in_use(self) -> bool:
+        return any(ref() is not None for ref in self.handed_out)
 
 
 class StagedLoader:
@@ -129,7 +141,9 @@ class StagedLoader:
         batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)][:len(self)]
         cuda = self.device.type == "cuda"
         # A pinned host buffer is in one of: filling (prefetch), copying (one ahead), just copied.
-        slots = [self._allocate(self.batch_size, pinned=True) for _ in range(self.prefetch + 2)] if cuda else None
+        # CPU: filling (prefetch), ready (one ahead), held by the consumer, and the one it just dropped.
+        slots: list[_HostBatch | None] = [self._allocate(self.batch_size, pinned=True)
+                                          for _ in range(self.prefetch + 2)] if cuda else [None] * (self.prefetch + 3)
         side = torch.cuda.Stream(self.device) if cuda else None
         pool = ThreadPoolExecutor(self.threads, thread_name_prefix="staged-loader")
         filling: deque[tuple[_HostBatch, list[Future]]] = deque()
@@ -139,7 +153,10 @@ class StagedLoader:
         def submit() -> None:
             nonlocal submitted
             indices = batches[submitted]
-            host = slots[submitted % len(slots)] if cuda else self._allocate(len(indices), pinned=False)
+            slot = submitted % len(slots)
+            host = slots[slot]
+            if host is None or (not cuda and host.in_use()):  # never overwrite a batch someone holds
+                host = slots[slot] = self._allocate(self.batch_size, pinned=False)
             host.names = [self.names[i] for i in indices]
             filling.append((host, [pool.submit(self._read, host, row, i) for row, i in enumerate(indices)]))
             submitted += 1
@@ -190,6 +207,9 @@ class StagedLoader:
         if side is None:
             if self.device.type != "cpu":
                 inputs, labels = inputs.to(self.device), labels.to(self.device)
+            else:
+                inputs, labels = _alias(inputs), _alias(labels)
+                host.handed_out = (weakref.ref(inputs), weakref.ref(labels))
             return inputs, labels, host.names, None
         with torch.cuda.stream(side):
             inputs = inputs.to(self.device, non_blocking=True)
@@ -197,6 +217,14 @@ class StagedLoader:
             host.copied = torch.cuda.Event()
             host.copied.record(side)
         return inputs, labels, host.names, host.copied
+
+
+def _alias(view: torch.Tensor) -> torch.Tensor:
+    """A new base tensor on ``view``'s memory (``set_``, not a view): every view taken of it
+    refers back to it, so a weak reference to it says whether anything still reads the memory."""
+    out = torch.empty(0, dtype=view.dtype)
+    out.set_(view.untyped_storage(), view.storage_offset(), view.shape, view.stride())
+    return out
 
 
 def epoch_order(count: int, shuffle: bool, seed: int, epoch: int) -> list[int]:
