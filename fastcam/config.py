@@ -24,7 +24,8 @@ from fastcam.errors import ConfigError
 from fastcam.files import atomic_write_text
 from fastcam.schema import param, validate
 
-MODES = ("baseline", "optimized")
+MODES = ("baseline", "ported", "optimized")  # the ESIF-HPC-4 run types
+DEFAULT_RULES = "esif-2025-12"  # fastcam.rules: the published DeepCAM README
 OPTIMIZERS = ("Adam", "AdamW", "LAMB")
 SCHEDULES = ("multistep", "cosine_annealing")
 WIREUP_METHODS = ("auto", "single", "local", "env", "nccl-slurm", "nccl-slurm-pmi", "nccl-openmpi", "mpi")
@@ -198,6 +199,7 @@ SECTIONS = {"run": RunSettings, "hyperparameters": Hyperparameters, "optimizatio
 class Config:
     mode: str = "baseline"
     open_division: bool = False  # allows anything; logged as submission_division=open
+    rules: str = DEFAULT_RULES  # the rules profile the guard applies (fastcam.rules)
     run: RunSettings = dataclasses.field(default_factory=RunSettings)
     hyperparameters: Hyperparameters = dataclasses.field(default_factory=Hyperparameters)
     optimizations: Optimizations = dataclasses.field(default_factory=Optimizations)
@@ -207,6 +209,8 @@ class Config:
             raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if not isinstance(self.open_division, bool):
             raise ConfigError(f"open_division must be true or false, got {self.open_division!r}")
+        if not isinstance(self.rules, str) or not self.rules:
+            raise ConfigError(f"rules must name a rules profile (fastcam rules), got {self.rules!r}")
 
     def replace(self, **changes: Any) -> "Config":
         """A validated copy: top-level values, or ``section={field: value}`` mappings."""
@@ -222,8 +226,9 @@ class Config:
         if not isinstance(data, dict):
             raise ConfigError(f"{source}: expected a mapping at the top level")
         mode = data.get("mode", base.mode if base else "baseline")
+        rules = data.get("rules", base.rules if base else DEFAULT_RULES)
         try:
-            return _overlay(base if base is not None else recipe(mode), data, source)
+            return _overlay(base if base is not None else recipe(mode, rules), data, source)
         except ConfigError as err:
             raise ConfigError(f"{source}: {err}") from None
 
@@ -249,16 +254,23 @@ class Config:
         return cls.from_dict(data, base, source=str(path))
 
 
-def baseline() -> Config:
-    """The published baseline (ESIF-HPC-4 DeepCAM README) with the reference's execution."""
-    return Config(mode="baseline")
+def baseline(rules: str = DEFAULT_RULES) -> Config:
+    """The published baseline of ``rules`` (default: the ESIF-HPC-4 DeepCAM README)
+    with the reference's execution."""
+    return _reference_run("baseline", rules)
 
 
-def optimized() -> Config:
+def ported(rules: str = DEFAULT_RULES) -> Config:
+    """A ported run: the baseline's hyperparameters; the execution a new
+    architecture needs may change (fastcam.guard says what)."""
+    return _reference_run("ported", rules)
+
+
+def optimized(rules: str = DEFAULT_RULES) -> Config:
     """NVIDIA's published global-batch-128 configuration; optimizations on where they apply.
     The device-specific choices are resolved at run time (fastcam.train.execution)."""
     return Config(
-        mode="optimized",
+        mode="optimized", rules=rules,
         hyperparameters=Hyperparameters(
             optimizer="LAMB", start_lr=0.00155, weight_decay=0.01, lr_warmup_steps=0, lr_warmup_factor=1.0,
             lr_schedule=Schedule(type="cosine_annealing", t_max=9000, eta_min=0.0)),
@@ -267,10 +279,21 @@ def optimized() -> Config:
     )
 
 
-def recipe(mode: str) -> Config:
+def recipe(mode: str, rules: str = DEFAULT_RULES) -> Config:
     if mode not in MODES:
         raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    return baseline() if mode == "baseline" else optimized()
+    return {"baseline": baseline, "ported": ported, "optimized": optimized}[mode](rules)
+
+
+def _reference_run(mode: str, rules: str) -> Config:
+    """The profile's baseline hyperparameters; the reference's execution, in
+    mixed precision where the profile's baseline is (e.g. NVIDIA's AMP code)."""
+    from fastcam import rules as rule_sets
+
+    profile = rule_sets.load(rules)
+    precision = "fp32" if profile.allows_precision(mode, "fp32") else "auto"
+    return Config(mode=mode, rules=rules, hyperparameters=profile.hyperparameters(),
+                  optimizations=Optimizations(precision=precision))
 
 
 def canonical_optimizer(name: object) -> str:

@@ -1,17 +1,26 @@
-"""The hyperparameter guard: what a compliant run may and may not change.
+"""The guard: what a compliant run of its run type may and may not change.
 
-The rules class of every field is declared once in fastcam.config (see
-fastcam.schema): ``run`` settings are free in every mode; in ``baseline`` mode
-every hyperparameter equals the published baseline value and the execution is
-the reference's; in ``optimized`` mode the ``mutable`` hyperparameters may
-change, within their ``rules_range`` (spec/benchmark.md, "Mutable"), and the
-``fixed`` ones must equal the baseline. ``open_division`` allows anything
-(logged as ``submission_division`` open).
+The rules are data: the config's ``rules`` profile (fastcam.rules, default
+``esif-2025-12``, the published DeepCAM README) gives the baseline
+hyperparameters, which of them an optimized run may change and within which
+bounds, and the precision each run type may compute in; the schema's rules
+class (fastcam.schema) adds the bounds every compliant run keeps.
 
-The guard raises :class:`GuardError` (exit code 2) naming the parameter, the
-exact value given and the value required (``repr``: 0.0010000000001 is not
-shown as 0.001). Tuning calls :func:`check_name` and :func:`check_range` to vet
-a search space before any trial runs.
+- ``baseline``: every hyperparameter equals the profile's baseline, and the
+  execution is the reference's (precision as the profile's baseline computes:
+  fp32 under the ESIF-HPC-4 README, AMP under the January 2026 draft);
+- ``ported``: the baseline's hyperparameters; the execution a new architecture
+  needs may change (device, memory format, compile, loader, fused kernels),
+  precision only where the profile allows it ("floating point
+  precision-related optimizations are not allowed unless specifically stated
+  otherwise", ESIF-HPC-4 top-level rules);
+- ``optimized``: the profile's mutable hyperparameters may change within its
+  bounds; every other one equals the baseline;
+- ``open_division``: anything goes (logged as ``submission_division`` open).
+
+A refusal is :class:`GuardError` (exit code 2), one line naming the
+parameter, the exact value given (``repr``) and what the rules require.
+Tuning calls :func:`check_name` and :func:`check_range` to vet a search space.
 """
 
 from __future__ import annotations
@@ -19,14 +28,16 @@ from __future__ import annotations
 import dataclasses
 
 from fastcam import schema
-from fastcam.config import Config, Hyperparameters, Optimizations, Schedule, baseline
+from fastcam.config import Config, Hyperparameters, Optimizations, Schedule
 from fastcam.errors import GuardError
 
 OPEN_HINT = "(pass --open-division to run outside the rules)"
+# What a float16 stage cache does to the inputs (fastcam.data.stage_format).
+CACHED_LOADERS = ("staged", "dali")
 
 
 def mutable_names() -> tuple[str, ...]:
-    """The hyperparameters (and run settings) an optimized run may change."""
+    """The hyperparameters (and run settings) an optimized run may change (schema)."""
     names = [n for n, p in schema.params(Hyperparameters) if p.rule == "mutable"]
     from fastcam.config import RunSettings
 
@@ -37,22 +48,57 @@ def check(config: Config) -> None:
     """Raise GuardError if ``config`` is not a compliant run of its mode."""
     if config.open_division:
         return
-    reference = baseline()
-    given, required = config.hyperparameters, reference.hyperparameters
+    from fastcam import rules
+
+    profile = rules.load(config.rules)
+    if config.mode not in profile.run_types:
+        raise GuardError(f"rules {profile.name} define no {config.mode} run (run types: "
+                         f"{', '.join(profile.run_types)})")
+    given, required = config.hyperparameters, profile.hyperparameters()
     for name, p in schema.params(Hyperparameters):
         value, expected = getattr(given, name), getattr(required, name)
-        if config.mode == "optimized" and p.rule == "mutable":
-            if name == "lr_schedule":
-                for part, pp in schema.params(Schedule):
-                    check_range(part, getattr(value, part), pp)
-            else:
-                check_range(name, value, p)
+        if config.mode == "optimized" and profile.is_mutable(name):
+            _check_mutable(profile, name, value, p)
         elif _differs(value, expected):
             raise GuardError(
-                f"--{name} {_show(value)} is not allowed in {config.mode} mode: "
-                f"the benchmark requires {_show(expected)} {OPEN_HINT}")
+                f"--{name} {_show(value)} is not allowed in {_a(config.mode)} run under rules {profile.name}: "
+                f"it requires {_show(expected)} {OPEN_HINT}")
     if config.mode == "baseline":
-        _check_reference_execution(config.optimizations)
+        _check_reference_execution(config.optimizations, profile)
+    _check_precision(config, profile)
+
+
+def _check_mutable(profile, name: str, value, p: schema.Param) -> None:
+    if name == "lr_schedule":
+        for part, pp in schema.params(Schedule):
+            if part in value.as_dict():
+                check_range(part, getattr(value, part), pp)
+                if f"lr_schedule.{part}" in profile.mutable:
+                    profile.check_value(f"lr_schedule.{part}", getattr(value, part))
+        return
+    check_range(name, value, p)
+    profile.check_value(name, value)
+
+
+def _check_precision(config: Config, profile) -> None:
+    """The precision the run will compute in, and the float16 stage cache, against
+    the profile's policy for the run type."""
+    opt = config.optimizations
+    precision = opt.precision
+    if precision == "auto":
+        from fastcam.train.execution import auto_precision, resolve_device
+
+        precision = auto_precision(resolve_device(config.run.device))
+    allowed = profile.precision[config.mode]
+    rule = ("ESIF-HPC-4: floating point precision-related optimizations are not allowed unless "
+            "the benchmark README states otherwise") if allowed == ("fp32",) else f"rules {profile.name}"
+    if not profile.allows_precision(config.mode, precision):
+        shown = precision if opt.precision != "auto" else f"auto ({precision} on this device)"
+        raise GuardError(f"--precision {shown} is not allowed in {_a(config.mode)} run under rules {profile.name} "
+                         f"({rule}); allowed: {', '.join(allowed)} {OPEN_HINT}")
+    if opt.loader in CACHED_LOADERS and not profile.allows_stage_dtype(config.mode, "fp16"):
+        raise GuardError(f"--loader {opt.loader} stores the inputs as float16, a precision change not allowed in "
+                         f"{_a(config.mode)} run under rules {profile.name} ({rule}): use --loader hdf5 {OPEN_HINT}")
 
 
 def check_name(name: str) -> None:
@@ -98,14 +144,21 @@ def _param(name: str) -> schema.Param | None:
     return None
 
 
-def _check_reference_execution(given: Optimizations) -> None:
+def _check_reference_execution(given: Optimizations, profile) -> None:
+    """A baseline run executes as the reference does; its precision is the
+    profile's to judge, and staging where the profile's baseline stages."""
     reference = Optimizations()
+    free = {"precision"} | ({"loader"} if profile.staging_allowed else set())
     for f in dataclasses.fields(Optimizations):
         value, expected = getattr(given, f.name), getattr(reference, f.name)
-        if value != expected:
+        if f.name not in free and value != expected:
             raise GuardError(
-                f"--{f.name.replace('_', '-')} {_show(value)} is not allowed in baseline mode: "
-                f"a baseline run uses {_show(expected)} (use --mode optimized) {OPEN_HINT}")
+                f"--{f.name.replace('_', '-')} {_show(value)} is not allowed in a baseline run: "
+                f"a baseline run uses {_show(expected)} (use --mode ported or optimized) {OPEN_HINT}")
+
+
+def _a(mode: str) -> str:
+    return f"an {mode}" if mode[0] in "aeiou" else f"a {mode}"
 
 
 def _differs(value, expected) -> bool:

@@ -113,7 +113,7 @@ def test_guard_refuses_baseline_changes(tmp_path, capsys, args):
     out = tmp_path / "out"
     rc = main(["train", "--mode", "baseline", "--output_dir", str(out), *args])
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and len(err) == 1 and "not allowed in baseline mode" in err[0]
+    assert rc == 2 and len(err) == 1 and "not allowed in a baseline run" in err[0]
     assert not out.exists()
 
 

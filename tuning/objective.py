@@ -142,14 +142,13 @@ class Objective:
                 result = train(config, callbacks=(callback,), echo=lambda m: self.echo(f"  [{tag}] {m}"),
                                model_factory=self.model_factory)
         except NonFiniteLoss as err:
-            # Diverged (a too-high LR, typically): a result of the search, charged as IoU 0, not an error.
+            # Diverged (a too-high LR, typically): a hopeless trial, pruned as the
+            # pruner prunes one whose reported error is NaN -- a result of the search, not an error.
             trial.set_user_attr("diverged", True)
             _record(trial, epochs=len(callback.history), best_iou=0.0, reached=False,
                     minutes=(time.perf_counter() - started) / 60)
-            factor = penalty_factor(0.0, run.target_iou)
-            values = [PENALTY_MINUTES * factor, run.max_epochs * factor][: len(OBJECTIVES[self.objectives])]
-            self.echo(f"trial {trial.number}: diverged ({err}); penalised as IoU 0")
-            return values[0] if len(values) == 1 else values
+            self.echo(f"trial {trial.number}: pruned, diverged ({err})")
+            raise optuna.TrialPruned(f"diverged: {err}") from None
         except optuna.TrialPruned:
             epochs, best = len(callback.history), max(callback.history, default=float("nan"))
             _record(trial, epochs=epochs, best_iou=best, reached=False,

@@ -15,7 +15,7 @@ import argparse
 import sys
 
 from fastcam import schema
-from fastcam.config import MODES, SECTIONS, Config, parse_schedule, recipe
+from fastcam.config import DEFAULT_RULES, MODES, SECTIONS, Config, parse_schedule, recipe
 from fastcam.errors import ConfigError
 
 
@@ -36,6 +36,8 @@ def add_config_arguments(p: argparse.ArgumentParser, with_mode: bool = True) -> 
                        help="YAML config file (see --print-config); flags override it")
         p.add_argument("--open-division", "--open_division", dest="open_division", action="store_true",
                        default=argparse.SUPPRESS, help="allow any hyperparameter; logs submission_division=open")
+        p.add_argument("--rules", metavar="NAME", default=argparse.SUPPRESS,
+                       help=f"rules profile the guard applies (default {DEFAULT_RULES}; see fastcam rules)")
     for section in SECTIONS:
         group = p.add_argument_group(section)
         schema.add_arguments(group, SECTIONS[section], section)
@@ -53,12 +55,14 @@ def config_from_args(args: argparse.Namespace, warn=None, default_mode: str | No
     """The config the given flags describe (validated, not yet guard-checked)."""
     given = vars(args)
     mode = given.get("mode", default_mode)
-    base = recipe(mode) if mode else None
+    base = recipe(mode, given.get("rules", DEFAULT_RULES)) if mode else None
     if "config" in given:
         base = Config.from_yaml(given["config"], base=base)
     data: dict = schema.collect(args, tuple(SECTIONS))
     if mode:
         data["mode"] = mode
+    if "rules" in given:
+        data["rules"] = given["rules"]
     if given.get("open_division"):
         data["open_division"] = True
     hp = data["hyperparameters"]
