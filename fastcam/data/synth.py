@@ -31,6 +31,8 @@ SPLIT_IDS = {"train": 0, "validation": 1}
 TEMP_SUFFIX = ".tmp"  # data-000000.h5.tmp: never matched by layout.FILE_GLOB
 SIZE_MULTIPLE = 16  # DeepLabv3+'s output stride (shared/spec/model.md)
 MAX_DEFAULT_WORKERS = 8
+# Beyond ~8x a river is as wide as the tropics and a cyclone covers a hemisphere.
+MAX_FEATURE_SCALE = 8.0
 
 
 @dataclass(frozen=True)
@@ -69,9 +71,10 @@ def validate_size(height: int, width: int) -> None:
             )
 
 
-def make_sample(height: int, width: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def make_sample(height: int, width: int, rng: np.random.Generator,
+                feature_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """One sample as stored: (H x W x 16 float32 data, H x W int32 labels)."""
-    channels, labels = fields.generate(fields.make_grid(height, width), rng)
+    channels, labels = fields.generate(fields.make_grid(height, width), rng, feature_scale)
     return np.ascontiguousarray(channels.transpose(1, 2, 0)), labels
 
 
@@ -107,6 +110,7 @@ class _Task:
     height: int
     width: int
     seed: int
+    feature_scale: float
 
 
 @dataclass(frozen=True)
@@ -121,7 +125,7 @@ class _Result:
 def _produce(task: _Task) -> _Result:
     """Generate and write one sample (runs in a worker process)."""
     rng = sample_rng(task.seed, task.split, task.index)
-    channels, labels = fields.generate(fields.make_grid(task.height, task.width), rng)
+    channels, labels = fields.generate(fields.make_grid(task.height, task.width), rng, task.feature_scale)
     flat = channels.reshape(layout.NUM_CHANNELS, -1)  # channel-first: contiguous reductions
     minval, maxval = flat.min(axis=1), flat.max(axis=1)
     data = np.ascontiguousarray(channels.transpose(1, 2, 0))
@@ -180,8 +184,10 @@ def write_stats(root: Path, minval: np.ndarray, maxval: np.ndarray) -> int:
 
 def synthesize(out_dir: str | os.PathLike, n_train: int, n_validation: int,
                height: int = layout.FULL_HEIGHT, width: int = layout.FULL_WIDTH, seed: int = 0,
-               workers: int | None = None, progress: bool = True, force: bool = False) -> SynthSummary:
-    """Write a synthetic data set to ``out_dir``; see the module docstring."""
+               workers: int | None = None, progress: bool = True, force: bool = False,
+               feature_scale: float = 1.0) -> SynthSummary:
+    """Write a synthetic data set to ``out_dir``; see the module docstring.
+    ``feature_scale`` widens cyclones and rivers (fastcam.data.fields)."""
     from tqdm import tqdm
 
     validate_size(height, width)
@@ -192,9 +198,11 @@ def synthesize(out_dir: str | os.PathLike, n_train: int, n_validation: int,
         raise ConfigError(f"--seed {seed}: must be >= 0")
     if workers is not None and workers < 1:
         raise ConfigError(f"--workers {workers}: must be >= 1")
+    if not (isinstance(feature_scale, (int, float)) and 0 < feature_scale <= MAX_FEATURE_SCALE):
+        raise ConfigError(f"feature scale {feature_scale}: must be in (0, {MAX_FEATURE_SCALE}]")
     root = Path(out_dir)
     _prepare(root, force)
-    tasks = [_Task(str(root), split, index, height, width, seed)
+    tasks = [_Task(str(root), split, index, height, width, seed, float(feature_scale))
              for split, count in (("train", n_train), ("validation", n_validation))
              for index in range(count)]
     workers = min(workers or default_workers(), len(tasks))
