@@ -199,3 +199,141 @@ def test_log_is_never_written_through_a_symlink(tiny_synthetic, tmp_path, capsys
     assert code == 2 and "t.log is a symbolic link" in line and "remove it" in line
     assert not outside.exists() and (out / "logs" / "t.log").is_symlink()
     assert sorted(p.name for p in (out / "logs").iterdir()) == ["t.log"]
+
+
+# ---- defect 9: a rank that is stopped (not killed) -----------------------------------------------------
+
+STOPPING_DRIVER = textwrap.dedent(f"""
+    import os, signal, sys, torch
+    sys.path.insert(0, {str(Path(__file__).parent)!r})
+    from conftest import small_network
+    from fastcam.cli import one_line
+    from fastcam.errors import FastcamError
+    from fastcam.train import Callback, train
+    from fastcam.train.cli import parse_train_config
+
+    class StopRankOne(Callback):
+        def on_epoch_start(self, trainer, epoch):
+            if epoch == 1 and trainer.ctx.rank == 1:
+                os.kill(os.getpid(), signal.SIGSTOP)  # as a debugger, a frozen node or ^Z would
+
+    torch.set_num_threads(1)
+    try:
+        train(parse_train_config(sys.argv[1:]), callbacks=[StopRankOne()], model_factory=small_network)
+    except FastcamError as err:
+        print("fastcam: error: " + one_line(err), file=sys.stderr, flush=True)
+        sys.exit(err.exit_code)
+""")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_stopped_rank_ends_the_others_after_the_collective_timeout(tiny_synthetic, tmp_path):
+    driver, port, out = tmp_path / "driver.py", _free_port(), tmp_path / "out"
+    driver.write_text(STOPPING_DRIVER)
+    procs = []
+    for rank in range(2):
+        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": "2",
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "FASTCAM_COLLECTIVE_TIMEOUT_S": "4"}
+        procs.append(subprocess.Popen(
+            [sys.executable, str(driver), *args(tiny_synthetic, out, "--max_epochs", "3", "--wireup_method", "env")],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    try:
+        _, err = procs[0].communicate(timeout=120)
+        stopped_at = time.monotonic()
+        assert procs[1].poll() is None  # rank 1 is still stopped, not dead
+    finally:
+        for p in procs:
+            p.kill()
+    assert procs[0].returncode == 1, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("fastcam: error: rank 0: a collective waited 4 s for another rank"), err
+    assert "FASTCAM_COLLECTIVE_TIMEOUT_S" in last and stopped_at
+    keys = log_keys(out / "logs" / "t.log")  # epoch 1 as written, the run marked aborted
+    assert keys.count("epoch_stop") == 1 and keys[-1] == "run_stop"
+
+
+def test_collective_timeout_setting_is_checked():
+    from datetime import timedelta
+
+    from fastcam.errors import ConfigError
+    from fastcam.train.run import collective_timeout
+
+    assert collective_timeout({}) == timedelta(minutes=10)
+    assert collective_timeout({"FASTCAM_COLLECTIVE_TIMEOUT_S": "90"}) == timedelta(seconds=90)
+    for bad in ("0", "-1", "inf", "soon"):
+        with pytest.raises(ConfigError, match="FASTCAM_COLLECTIVE_TIMEOUT_S"):
+            collective_timeout({"FASTCAM_COLLECTIVE_TIMEOUT_S": bad})
+
+
+# ---- issue 13: DDP's speed options change no number ----------------------------------------------------
+
+DDP_DRIVER = textwrap.dedent("""
+    import sys, torch
+    from fastcam import distributed
+    torch.set_num_threads(1)
+    ctx = distributed.init_distributed("env", "cpu")
+    weights = []
+    for fast in (False, True):
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 2, 1))
+        model = distributed.wrap_model(net, ctx, torch.device("cpu"), fast_ddp=fast)
+        assert model.static_graph == fast and model.gradient_as_bucket_view == fast
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        generator = torch.Generator().manual_seed(ctx.rank)
+        for _ in range(4):
+            opt.zero_grad()
+            model(torch.randn(2, 4, 8, 8, generator=generator)).square().mean().backward()
+            opt.step()
+        weights.append(torch.cat([p.detach().flatten() for p in net.parameters()]))
+    torch.save(weights, sys.argv[1])
+    distributed.shutdown(ctx)
+""")
+
+
+def test_fast_ddp_gives_the_reference_ddp_weights_bitwise(tmp_path):
+    driver, port = tmp_path / "ddp.py", _free_port()
+    driver.write_text(DDP_DRIVER)
+    procs = [subprocess.Popen([sys.executable, str(driver), str(tmp_path / f"w{rank}.pt")], cwd=REPO,
+                              env={**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+                                   "MASTER_PORT": str(port)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for rank in range(2)]
+    outputs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    import torch
+
+    for rank in range(2):
+        reference, fast = torch.load(tmp_path / f"w{rank}.pt")
+        assert torch.equal(reference, fast)
+
+
+# ---- issue 13: the staged loader's CPU buffers are reused, never while a batch is held -----------------
+
+def test_staged_cpu_buffers_are_reused_but_never_under_a_held_batch(random_dataset, tmp_path):
+    import torch
+
+    from fastcam.data.stage import stage_dataset
+    from fastcam.data.staged import StagedLoader
+
+    stage_dataset(random_dataset, tmp_path / "s", workers=1, progress=False)
+    loader = StagedLoader(tmp_path / "s", "train", batch_size=1, shuffle=True, drop_last=True, seed=3, prefetch=1)
+    kept = [(x.clone(), y.clone(), n) for x, y, n in loader]  # the reference contents, batch by batch
+    buffers = set()
+    for (inputs, labels, names), (ref_inputs, ref_labels, ref_names) in zip(loader, kept):  # the Trainer's pattern
+        buffers.add(inputs.data_ptr())
+        assert torch.equal(inputs, ref_inputs) and torch.equal(labels, ref_labels) and names == ref_names
+    assert len(buffers) <= 1 + 3 < len(kept)  # a ring of prefetch + 3, not a buffer per batch
+    held = list(loader)  # a consumer keeping every batch, and views of them, gets them all intact
+    view = held[0][0][:, :2]
+    del held[0]
+    more = list(loader)
+    assert torch.equal(view, kept[0][0][:, :2])
+    pairs = zip(held + more[1:], kept[1:] + kept[1:])
+    assert all(torch.equal(b[0], k[0]) and torch.equal(b[1], k[1]) for b, k in pairs)
+    loader.close()

@@ -24,6 +24,7 @@ from optuna.trial import TrialState
 from fastcam.errors import ConfigError, FastcamError
 
 from .heartbeat import fail_stale_trials
+from .journal import repair_tail
 
 JOURNAL_NAME = "tuning.journal"
 READY_ATTR = "fastcam:ready"  # set once the creating worker has queued the recipe trials
@@ -33,8 +34,9 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 MAX_FAILURES_IN_A_ROW = 3
 
 
-def open_storage(url: str | None, output_dir: str | Path):
-    """The storage named by ``--storage`` (default: the journal file in the output dir)."""
+def open_storage(url: str | None, output_dir: str | Path, echo: Callable[[str], None] = print):
+    """The storage named by ``--storage`` (default: the journal file in the output dir).
+    A journal whose last record was cut is repaired first (tuning.journal)."""
     if url and "://" in url:
         try:
             return optuna.storages.RDBStorage(url)
@@ -45,6 +47,7 @@ def open_storage(url: str | None, output_dir: str | Path):
     path = Path(url) if url else Path(output_dir) / JOURNAL_NAME
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        repair_tail(path, echo)
         return JournalStorage(JournalFileBackend(str(path)))
     except OSError as err:
         raise ConfigError(f"{path}: cannot open the journal file ({err.strerror})") from None
