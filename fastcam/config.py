@@ -117,6 +117,8 @@ class RunSettings:
                               low_exclusive=True, high=1.0)
     stage_dir: str | None = param(None, "node-local cache of the staged loader (default OUTPUT_DIR/staged)",
                                   "run", kind=str, nullable=True)
+    verify_cache: str = param("sample", "how much of a reused stage cache to check against its checksums",
+                              "run", choices=("sample", "full"))
 
     def __post_init__(self) -> None:
         validate(self, "run")

@@ -3,7 +3,7 @@
 ``fastcam train --checkpoint`` continues a run from its last checkpoint under
 the same run tag and seed (the seed is read from the checkpoint), and the
 trainer keeps the earlier log under a timestamped name
-(``<tag>.<YYYYmmdd-HHMMSS>[-n].log``, ``fastcam.train.trainer._move_aside``).
+(``<tag>.<YYYYmmdd-HHMMSS>[-n].log``, ``fastcam.train.callbacks.move_aside``).
 Two logs are segments of one run when they have
 
 - the same run tag (the file name without that timestamp),

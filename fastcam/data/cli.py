@@ -60,6 +60,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="staging processes (default min(cpu count, 8))")
     stage.add_argument("--channels", type=int, nargs="+", default=None,
                        help="input channels to keep (default all 16)")
+    stage.add_argument("--verify", choices=("sample", "full"), default="sample",
+                       help="how much of a reused cache to check against its checksums (default sample)")
     stage.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     stage.set_defaults(func=_run_stage)
 
@@ -94,7 +96,8 @@ def _run_stage(args: argparse.Namespace) -> int:
     from fastcam.data.stage import stage_dataset
 
     summary = stage_dataset(args.src, args.dst, rank=args.rank, world_size=args.world_size,
-                            workers=args.workers, progress=args.progress, channels=args.channels)
+                            workers=args.workers, progress=args.progress, channels=args.channels,
+                            verify=args.verify)
     for split in summary.splits:
         state = ("up to date, reused" if split.reused else
                  f"staged {split.staged}" + (f", {split.reverified} kept from an interrupted run"

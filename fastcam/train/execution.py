@@ -40,6 +40,7 @@ class Execution:
     compile_mode: str
     cudnn_benchmark: bool
     warm_up: bool = False  # compile/autotune on synthetic batches before init_stop (never in the reference's execution)
+    fast_ddp: bool = False  # DDP static_graph + gradient_as_bucket_view (speed only; not the reference's DDP)
 
     @property
     def memory_format(self) -> torch.memory_format:
@@ -114,6 +115,7 @@ def resolve_execution(config: Config, device: torch.device) -> Execution:
         # The reference autotunes inside its first timed steps; a warm-up is an
         # optimization, so the reference's own execution (all_off) never gets one.
         warm_up=compile_ or (cudnn_benchmark and not opt.all_off()),
+        fast_ddp=not opt.all_off(),
     )
 
 

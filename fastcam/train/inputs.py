@@ -26,13 +26,13 @@ def stage_inputs(plan: RunPlan, ctx, logger=None, say=print) -> Path | None:
     from fastcam import distributed
     from fastcam.data.stage import stage_dataset
 
-    distributed.barrier(ctx)
+    distributed.barrier(ctx, long_wait=True)  # the slowest rank's staging may take long
     if logger is not None:
         logger.start("staging_start")
     summary = stage_dataset(plan.data_dir, plan.stage_root, rank=ctx.rank, world_size=ctx.world_size,
                             workers=max(1, plan.run.max_inter_threads), progress=ctx.is_main,
-                            channels=plan.hyperparameters.channels)
-    distributed.barrier(ctx)
+                            channels=plan.hyperparameters.channels, verify=plan.run.verify_cache)
+    distributed.barrier(ctx, long_wait=True)  # the slowest rank's staging may take long
     if logger is not None:
         logger.end("staging_stop", metadata={"staging_duration": round(summary.seconds, 3)})
     say(f"staged this rank's shards to {plan.stage_root} in {summary.seconds:.1f} s")

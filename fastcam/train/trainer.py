@@ -101,7 +101,7 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, hp.lr_schedule.as_dict(), hp.lr_warmup_steps,
                                          hp.lr_warmup_factor)
         self.scaler = torch.amp.GradScaler(ex.device.type) if ex.grad_scaler else None
-        wrapped = distributed.wrap_model(self.model, ctx, ex.device, hp.batchnorm_group_size)
+        wrapped = distributed.wrap_model(self.model, ctx, ex.device, hp.batchnorm_group_size, fast_ddp=ex.fast_ddp)
         self.net = compile_model(wrapped, ex)
         self.criterion = WeightedCrossEntropy().to(ex.device)
         self.step = 0  # optimizer steps taken
