@@ -53,12 +53,18 @@ def cache_root() -> Path:
     return Path(os.environ.get("FASTCAM_CACHE", Path.home() / ".cache" / "fastcam"))
 
 
-def default_dataset(progress: bool = True, spec: DefaultDataSpec = DEFAULT) -> Path:
+def default_dataset(progress: bool | None = None, spec: DefaultDataSpec = DEFAULT) -> Path:
     """The cached data set, generated on first use. Several processes asking at
     once (ranks, tuning workers) take turns on a lock file; the first generates
-    into a temporary directory and renames it into place, the others reuse it."""
+    into a temporary directory and renames it into place, the others reuse it.
+    ``progress`` (default: when stderr is a terminal) shows the generator's bar;
+    a log gets the two lines below only."""
     import fcntl
+    import sys
     import tempfile
+
+    if progress is None:
+        progress = sys.stderr.isatty()
 
     name = spec.cache_name
     root = cache_root() / name
