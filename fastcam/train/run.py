@@ -42,6 +42,7 @@ from fastcam.train.execution import resolve_device
 from fastcam.train.inputs import build_loaders, stage_inputs
 from fastcam.train.optim import optimizer_implementation
 from fastcam.train.plan import RunPlan, resolve_plan
+from fastcam.train.progress import ProgressBar
 from fastcam.train.trainer import Callback, EpochRecord, Trainer
 
 ORG = "fastcam"
@@ -159,7 +160,9 @@ def _run(plan: RunPlan, ctx, callbacks, echo, model_factory) -> TrainResult:
         logger.end(K.INIT_STOP)
         initialised = True
         checkpointer = Checkpointer(say, seed)
-        history = trainer.fit(loaders, (recorder, ConsoleLine(say), checkpointer, *callbacks), start_epoch)
+        progress = (ProgressBar(),) if ctx.is_main else ()  # a terminal only; logs keep one line per epoch
+        history = trainer.fit(loaders, (recorder, ConsoleLine(say), checkpointer, *progress, *callbacks),
+                              start_epoch)
     except BaseException:
         if initialised and logger.active and recorder.status != "success":
             _quietly(lambda: logger.end(K.RUN_STOP, metadata={K.STATUS: "aborted"}))
