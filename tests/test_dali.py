@@ -253,3 +253,20 @@ def test_gpu_throughput_against_the_staged_loader(caches, tmp_path):
     with open(out, "w") as f:
         json.dump(figures, f, indent=1)
     print(json.dumps(figures))
+
+
+def test_optimized_training_with_the_dali_loader_logs_it(tiny_synthetic, tmp_path):
+    from conftest import small_network
+    from fastcam.train import train
+    from fastcam.train.cli import parse_train_config
+
+    out = tmp_path / "out"
+    result = train(parse_train_config([
+        "--mode", "optimized", "--loader", "dali", "--device", "cpu", "--data_dir_prefix", str(tiny_synthetic),
+        "--output_dir", str(out), "--max_epochs", "2", "--local_batch_size", "4", "--max_inter_threads", "0",
+        "--seed", "5", "--run_tag", "dali"]), model_factory=small_network)
+    assert [r.epoch for r in result.history] == [1, 2] and all(r.eval_samples == 5 for r in result.history)
+    lines = (out / "logs" / "dali.log").read_text().splitlines()
+    events = [json.loads(line.split(":::MLLOG ", 1)[1]) for line in lines]
+    assert next(e["value"] for e in events if e["key"] == "fastcam_loader") == "dali"
+    assert [e["key"] for e in events].count("eval_accuracy") == 2
