@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, fields
-from pathlib import Path
 from typing import Any
 
 from fastcam.errors import ConfigError
@@ -241,19 +240,9 @@ class Config:
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike, base: "Config | None" = None) -> "Config":
-        import yaml
+        from fastcam.files import read_yaml
 
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as err:
-            raise ConfigError(f"{path}: cannot read config file ({err.strerror})") from None
-        except UnicodeDecodeError:
-            raise ConfigError(f"{path}: not a text (UTF-8) YAML config file") from None
-        try:
-            data = yaml.safe_load(text) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
-        return cls.from_dict(data, base, source=str(path))
+        return cls.from_dict(read_yaml(path, "config file") or {}, base, source=str(path))
 
 
 def baseline(rules: str = DEFAULT_RULES) -> Config:

@@ -124,3 +124,23 @@ def _alive(pid: int) -> bool:
 def _host() -> str:
     # Dots separate the name's fields: keep the host name's first label only.
     return socket.gethostname().split(".")[0] or "localhost"
+
+
+def read_yaml(path: str | os.PathLike, what: str):
+    """The data of a YAML file (``yaml.safe_load``: no code runs), or one
+    ConfigError naming ``path`` and ``what`` it is for a missing, binary or
+    malformed file."""
+    import yaml
+
+    from fastcam.errors import ConfigError
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read {what} ({err.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text (UTF-8) YAML {what}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None

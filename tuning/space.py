@@ -78,16 +78,10 @@ class RunScale:
 
 def load_space(path: str | Path | None = None) -> SearchSpace:
     """Read and vet a space file (default: the packaged ``space.yaml``)."""
-    import yaml
+    from fastcam.files import read_yaml
 
     path = Path(path) if path is not None else DEFAULT_SPACE
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot read search space ({err.strerror})") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
-    return space_from_dict(data, source=str(path))
+    return space_from_dict(read_yaml(path, "search space"), source=str(path))
 
 
 def space_from_dict(data: Any, source: str = "search space") -> SearchSpace:

@@ -144,16 +144,11 @@ def load(name: str) -> Profile:
 
 def load_file(path: str | Path) -> Profile:
     """Read and validate one profile file (the profile's name is the file's stem)."""
-    path = Path(path)
-    import yaml
-
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot read rules profile ({err.strerror})") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    from fastcam.files import read_yaml
     from fastcam.rules.parse import Parser
+
+    path = Path(path)
+    data = read_yaml(path, "rules profile")
 
     return Parser(path).profile(data)
 
