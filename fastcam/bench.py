@@ -217,6 +217,7 @@ def _bench_loaders(config, ctx, device, data: Path, staged_root: Path, args) -> 
     from fastcam.data.stage import stage_dataset
     from fastcam.data.staged import StagedLoader
     from fastcam.errors import ConfigError
+    from fastcam.train.plan import reader_threads
 
     batch, workers = config.hyperparameters.local_batch_size, config.run.max_inter_threads
     out = {}
@@ -227,7 +228,7 @@ def _bench_loaders(config, ctx, device, data: Path, staged_root: Path, args) -> 
     start = time.perf_counter()
     stage_dataset(data, staged_root, workers=max(1, workers), progress=False)
     staging_s = time.perf_counter() - start
-    threads = max(2, workers)
+    threads = reader_threads(workers)
     loader = StagedLoader(staged_root, "train", batch_size=batch, shuffle=True, drop_last=True, seed=0,
                           device=device, threads=threads)
     samples, seconds = _drain(loader, device, args.steps)

@@ -30,6 +30,7 @@ SCHEDULES = ("multistep", "cosine_annealing")
 WIREUP_METHODS = ("auto", "single", "local", "env", "nccl-slurm", "nccl-slurm-pmi", "nccl-openmpi", "mpi")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")  # auto: resolved per device (fastcam.train.execution)
 LOADERS = ("hdf5", "staged", "dali")  # hdf5: the reference reader; staged / dali: the node-local cache
+CACHED_LOADERS = ("staged", "dali")  # read the float16 stage cache (fastcam.data.stage)
 SWITCH = ("auto", "on", "off")  # auto: on where it pays on the device (see fastcam.train.execution)
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 NUM_CHANNELS = 16  # the CAM5 input fields (fastcam.data.layout.CHANNELS)

@@ -28,19 +28,15 @@ from __future__ import annotations
 import dataclasses
 
 from fastcam import schema
-from fastcam.config import Config, Hyperparameters, Optimizations, Schedule
+from fastcam.config import CACHED_LOADERS, Config, Hyperparameters, Optimizations, RunSettings, Schedule
 from fastcam.errors import GuardError
 
 OPEN_HINT = "(pass --open-division to run outside the rules)"
-# What a float16 stage cache does to the inputs (fastcam.data.stage_format).
-CACHED_LOADERS = ("staged", "dali")
 
 
 def mutable_names() -> tuple[str, ...]:
     """The hyperparameters (and run settings) an optimized run may change (schema)."""
     names = [n for n, p in schema.params(Hyperparameters) if p.rule == "mutable"]
-    from fastcam.config import RunSettings
-
     return tuple(names + [n for n, p in schema.params(RunSettings) if p.tunable])
 
 
@@ -134,8 +130,6 @@ def check_range(name: str, value, p: schema.Param | None = None) -> None:
 
 
 def _param(name: str) -> schema.Param | None:
-    from fastcam.config import RunSettings
-
     for cls in (Hyperparameters, Schedule, RunSettings):
         try:
             return schema.param_of(cls, name)

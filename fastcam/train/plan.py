@@ -15,12 +15,9 @@ from pathlib import Path
 
 import torch
 
-from fastcam.config import Config
+from fastcam.config import CACHED_LOADERS, Config
 from fastcam.data import layout
 from fastcam.train.execution import Execution, resolve_device, resolve_execution
-
-# Loaders whose cache holds float16 inputs (fastcam.data.stage).
-CACHED_LOADERS = ("staged", "dali")
 
 
 @dataclass(frozen=True)
@@ -49,6 +46,12 @@ class RunPlan:
     @property
     def run(self):
         return self.config.run
+
+
+def reader_threads(max_inter_threads: int) -> int:
+    """The stage-cache readers' threads: ``max_inter_threads`` (the loader
+    workers, a mutable setting), at least 2."""
+    return max(2, max_inter_threads)
 
 
 def log_path_for(config: Config) -> Path:
@@ -85,7 +88,8 @@ def resolve_plan(config: Config, ctx, device: torch.device | None = None,
         config=config, device=device, execution=execution, rank=ctx.rank, world_size=ctx.world_size,
         global_batch_size=hp.local_batch_size * ctx.world_size * hp.gradient_accumulation_frequency,
         eval_batch_size=config.optimizations.local_batch_size_validation or hp.local_batch_size,
-        loader_workers=max(2, run.max_inter_threads) if cached else min(run.max_inter_threads, hp.local_batch_size),
+        loader_workers=reader_threads(run.max_inter_threads) if cached else min(run.max_inter_threads,
+                                                                                 hp.local_batch_size),
         input_dtype=torch.float16 if cached else torch.float32,
         data_dir=data_dir, train_samples=len(train_files), validation_samples=len(validation_files),
         sample_shape=(height, width), steps_per_epoch=per_rank_batches // hp.gradient_accumulation_frequency,

@@ -160,8 +160,8 @@ def _run(plan: RunPlan, ctx, callbacks, echo, model_factory) -> TrainResult:
         logger.end(K.INIT_STOP)
         initialised = True
         checkpointer = Checkpointer(say, seed)
-        progress = (ProgressBar(),) if ctx.is_main else ()  # a terminal only; logs keep one line per epoch
-        history = trainer.fit(loaders, (recorder, ConsoleLine(say), checkpointer, *progress, *callbacks),
+        # The bar draws on rank 0 and on a terminal only; logs keep one line per epoch.
+        history = trainer.fit(loaders, (recorder, ConsoleLine(say), checkpointer, ProgressBar(), *callbacks),
                               start_epoch)
     except BaseException:
         if initialised and logger.active and recorder.status != "success":
