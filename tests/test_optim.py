@@ -303,8 +303,8 @@ def test_factory_rejects_negative_weight_decay() -> None:
 
 @pytest.mark.parametrize("name, fused, expected", [
     ("LAMB", False, "LAMB (torch foreach)"),
-    # CPU parameters: fused LAMB falls back to torch foreach, and says so.
-    ("LAMB", True, "LAMB (torch foreach)"),
+    # float32 CPU parameters: fused LAMB is torch's fused CPU Adam kernel + trust ratio.
+    ("LAMB", True, "LAMB (torch fused-Adam CPU kernel)"),
     ("AdamW", True, "AdamW (torch fused)"),
     ("Adam", True, "Adam (torch fused)"),
     # torch's own default on CPU tensors is its for-loop implementation.

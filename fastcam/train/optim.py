@@ -15,9 +15,10 @@ with the given ``betas``, ``eps`` (the benchmark fixes 1e-6) and
   anything else is a ConfigError here rather than a RuntimeError at the first
   step. Without it torch picks foreach (CUDA) or a for-loop (CPU) itself.
 * LAMB: the Triton kernels of ``fastcam.kernels.lamb`` when every parameter is
-  a float32/float16/bfloat16 CUDA tensor and triton is installed; otherwise
-  (a CPU, no triton) the torch-foreach :class:`Lamb`, which is also what
-  ``fused=False`` gives.
+  a float32/float16/bfloat16 CUDA tensor and triton is installed;
+  ``fastcam.train.lamb_cpu.FusedCpuLamb`` (torch's fused CPU Adam kernel plus
+  the trust ratio) when every parameter is a float32 CPU tensor; otherwise the
+  torch-foreach :class:`Lamb`, which is also what ``fused=False`` gives.
 
 :func:`optimizer_implementation` says which of these runs, e.g. for bench and
 the MLPerf log, so that neither records "fused" for an unfused step.
@@ -37,6 +38,7 @@ from fastcam.config import canonical_optimizer as canonical_optimizer_name
 from fastcam.errors import ConfigError
 from fastcam.kernels import triton_available
 from fastcam.train.lamb import Lamb, check_hyperparameters
+from fastcam.train.lamb_cpu import FusedCpuLamb, fused_cpu_lamb_can_run
 
 _TRITON_LAMB_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -63,6 +65,8 @@ def build_optimizer(
         if fused and _triton_lamb_can_run(params):
             from fastcam.kernels.lamb import TritonLamb  # imports triton
             lamb_class = TritonLamb
+        elif fused and fused_cpu_lamb_can_run(list(_tensors_of(params))):
+            lamb_class = FusedCpuLamb
         return lamb_class(params, lr=lr, betas=beta_pair, eps=eps, weight_decay=weight_decay)
 
     if fused:
