@@ -28,6 +28,7 @@ DEFAULT_RULES = "esif-2025-12"  # fastcam.rules: the published DeepCAM README
 OPTIMIZERS = ("Adam", "AdamW", "LAMB")
 SCHEDULES = ("multistep", "cosine_annealing")
 WIREUP_METHODS = ("auto", "single", "local", "env", "nccl-slurm", "nccl-slurm-pmi", "nccl-openmpi", "mpi")
+DEVICES = ("auto", "cpu", "cuda", "xpu")  # cuda and xpu also as cuda:N, xpu:N (fastcam.accelerator)
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")  # auto: resolved per device (fastcam.train.execution)
 LOADERS = ("hdf5", "staged", "dali")  # hdf5: the reference reader; staged / dali: the node-local cache
 CACHED_LOADERS = ("staged", "dali")  # read the float16 stage cache (fastcam.data.stage)
@@ -107,7 +108,8 @@ class RunSettings:
     checkpoint: str | None = param(None, "resume from this checkpoint", "run", kind=str, nullable=True)
     model_prefix: str = param("model", "checkpoint file name prefix", "run")
     wireup_method: str = param("auto", "how ranks find each other", "run", choices=WIREUP_METHODS)
-    device: str = param("auto", "auto, cpu, cuda or cuda:N", "run")
+    device: str = param("auto", "auto (the accelerator torch finds, else cpu), cpu, cuda[:N] (NVIDIA, or AMD "
+                        "through ROCm) or xpu[:N] (Intel)", "run")
     seed: int | None = param(None, "RNG seed (default: from the clock, then logged)", "run", kind=int,
                              nullable=True, low=1)
     max_inter_threads: int = param(4, "loader workers (the reference uses min(this, local batch))", "run",
@@ -122,8 +124,9 @@ class RunSettings:
 
     def __post_init__(self) -> None:
         validate(self, "run")
-        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
-            raise ConfigError(f"run.device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        kind, _, index = self.device.partition(":")
+        if not (self.device in DEVICES or (kind in ("cuda", "xpu") and index.isdigit())):
+            raise ConfigError(f"run.device must be auto, cpu, cuda, cuda:N, xpu or xpu:N, got {self.device!r}")
         if not self.run_tag or "/" in self.run_tag:
             raise ConfigError(f"run.run_tag must be a non-empty file name, got {self.run_tag!r}")
 

@@ -42,6 +42,11 @@ SCHEDULER_PREFIX = "scheduler_"  # scheduler_type, scheduler_milestones, schedul
 # Metadata keys.
 EPOCH_NUM, STEP_NUM, STATUS = "epoch_num", "step_num", "status"
 
+# How the network computed: "fp32", "amp_fp16" or "amp_bf16" (autocast with that
+# dtype), as NVIDIA's MLPerf HPC logs record their mixed precision.
+PRECISION_MODE = "precision_mode"
+PRECISION_MODES = {"fp32": "fp32", "fp16": "amp_fp16", "bf16": "amp_bf16"}  # resolved precision -> value
+
 # fastcam's own keys.
 NUMBER_OF_RANKS = "number_of_ranks"
 FASTCAM_MODE = "fastcam_mode"  # baseline | optimized (| ported)
@@ -50,3 +55,5 @@ FASTCAM_TARGET_IOU = "fastcam_target_iou"
 FASTCAM_EXECUTION = "fastcam_execution"  # the execution switches (device, precision, ...)
 FASTCAM_WARMUP_SECONDS = "fastcam_warmup_seconds"
 FASTCAM_LOADER = "fastcam_loader"  # hdf5 | staged | dali
+FASTCAM_STAGE_DTYPE = "fastcam_stage_dtype"  # fp16 | fp32: the stage cache's input dtype (cached loaders only)
+FASTCAM_SOFTWARE = "fastcam_software"  # {fastcam, python, torch, cuda|rocm, cudnn|miopen, nccl|rccl, driver, ...}
