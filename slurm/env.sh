@@ -3,7 +3,8 @@
 # Sourced by them inside the job, never run on its own. Every knob is an
 # environment variable; docs/slurm.md documents each one.
 #
-# Defines: fastcam_die MESSAGE, fastcam_require_dir NAME, fastcam_launch
+# Defines: fastcam_die MESSAGE, fastcam_require_dir NAME, fastcam_mode
+# DEFAULT OTHER... (MODE, the run type the script runs), fastcam_launch
 # PATTERN ARGS... (runs `fastcam ARGS` as every task of the job, each task's
 # output in its own file PATTERN, %t = task id), fastcam_stage_dir and
 # fastcam_remove_stage_dir (node-local staging), and fastcam_finish STATUS
@@ -89,6 +90,20 @@ fastcam_require_dir() {
   local name="$1"
   [[ -n "${!name:-}" ]] || fastcam_die "set $name (the data set directory holding train/, validation/ and stats.h5)"
   [[ -d "${!name}" ]] || fastcam_die "$name '${!name}' is not a directory"
+}
+
+# fastcam_mode DEFAULT [OTHER...]: MODE (default DEFAULT), the run type the
+# script runs as `fastcam train --mode MODE`, must be one of those it names.
+fastcam_mode() {
+  MODE="${MODE:-$1}"
+  local allowed
+  for allowed in "$@"; do
+    if [[ "$MODE" == "$allowed" ]]; then return 0; fi
+  done
+  local choices
+  printf -v choices '%s or ' "$@"
+  fastcam_die "MODE must be ${choices% or } here, not '$MODE'" \
+    "(baseline.sbatch runs baseline; optimized.sbatch runs optimized and ported)"
 }
 
 # fastcam_launch PATTERN ARGS...: run `fastcam ARGS` as every task of the job.

@@ -3,7 +3,17 @@
 # node -- as Slurm jobs, optionally repeated, and say how to compare them.
 #
 # Usage: slurm/submit.sh [options] N [-- extra fastcam train flags]
-#   -m, --mode MODE      baseline (default) or optimized
+#   -m, --mode MODE      baseline (default), ported or optimized; ported runs
+#                        optimized.sbatch with MODE=ported: the baseline's
+#                        hyperparameters, the port's execution changes as
+#                        fastcam flags after --, staging node-local if chosen
+#       --rules NAME     rules profile (fastcam rules) for every job's
+#                        `fastcam train --rules NAME` and the compare line;
+#                        checked here first with `fastcam rules NAME`
+#   -g, --global-batch-size G
+#                        one global batch for every scale: each job gets
+#                        `--global_batch_size G` (local batch = G / ranks);
+#                        G must divide by every scale's nodes x tasks per node
 #   -s, --scales "A B"   multiples of N to run (default "1 2 4")
 #   -b, --scale-by WHAT  nodes (default): N x scale nodes; tasks: N nodes with
 #                        TASKS_PER_NODE x scale tasks each (studies within a
@@ -29,6 +39,8 @@
 #   SBATCH_EXTRA_ARGS  extra sbatch options, e.g. "--constraint=h100 --reservation=x"
 #   DATA_DIR, STAGE_DIR, WIREUP, FASTCAM_SETUP, FASTCAM_CONTAINER, FASTCAM, ...:
 #                    read by the sbatch scripts (see their headers)
+# --rules runs the jobs' fastcam here (FASTCAM_SETUP in a subshell, then
+# FASTCAM_CONTAINER FASTCAM rules NAME): it needs no GPU.
 # Writes RESULTS/jobs.tsv (job id, name, nodes, tasks per node, directory).
 set -euo pipefail
 
@@ -38,10 +50,12 @@ usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0
 die() { echo "submit.sh: error: $*" >&2; exit 2; }
 
 mode=baseline scales="1 2 4" scale_by=nodes repeats=1 chain=0 prefix="" results="" dry_run=0
-base_nodes=""
+base_nodes="" rules="" global_batch=""
 while (($# > 0)); do
   case "$1" in
     -m | --mode) mode="${2:?--mode needs a value}"; shift 2 ;;
+    --rules) rules="${2:?--rules needs a value}"; shift 2 ;;
+    -g | --global-batch-size) global_batch="${2:?--global-batch-size needs a value}"; shift 2 ;;
     -s | --scales) scales="${2:?--scales needs a value}"; shift 2 ;;
     -b | --scale-by) scale_by="${2:?--scale-by needs a value}"; shift 2 ;;
     -r | --repeats) repeats="${2:?--repeats needs a value}"; shift 2 ;;
@@ -58,10 +72,31 @@ while (($# > 0)); do
   esac
 done
 
+train_args=("$@")  # the fastcam train flags after --
+
+# train_flag SPELLING...: is one of these flags among the fastcam train flags
+# (as `--flag V` or `--flag=V`)? Sets train_flag_name and train_flag_value.
+train_flag() {
+  local i name
+  for ((i = 0; i < ${#train_args[@]}; i++)); do
+    for name in "$@"; do
+      if [[ "${train_args[i]}" == "$name" ]]; then
+        train_flag_name="$name" train_flag_value="${train_args[i + 1]:-}"
+        return 0
+      elif [[ "${train_args[i]}" == "$name="* ]]; then
+        train_flag_name="$name" train_flag_value="${train_args[i]#*=}"
+        return 0
+      fi
+    done
+  done
+  return 1
+}
+
 is_count() { [[ "$1" =~ ^[1-9][0-9]*$ ]]; }
 [[ -n "$base_nodes" ]] || { usage >&2; die "give N, the smallest number of nodes"; }
 is_count "$base_nodes" || die "N must be a positive whole number, not '$base_nodes'"
-[[ "$mode" == baseline || "$mode" == optimized ]] || die "--mode must be baseline or optimized, not '$mode'"
+[[ "$mode" == baseline || "$mode" == ported || "$mode" == optimized ]] \
+  || die "--mode must be baseline, ported or optimized, not '$mode'"
 [[ "$scale_by" == nodes || "$scale_by" == tasks ]] || die "--scale-by must be nodes or tasks, not '$scale_by'"
 is_count "$repeats" || die "--repeats must be a positive whole number, not '$repeats'"
 read -ra scale_list <<<"$scales"
@@ -69,6 +104,32 @@ read -ra scale_list <<<"$scales"
 for scale in "${scale_list[@]}"; do
   is_count "$scale" || die "--scales must hold positive whole numbers, not '$scale'"
 done
+
+# The flags submit.sh adds to every job's fastcam train line (rules_args,
+# batch_args); one given after -- as well is refused, one given only there is
+# checked the same way and left where it is.
+rules_args=() batch_args=()
+if train_flag --rules; then
+  [[ -z "$rules" ]] || die "--rules is given twice ('$rules' and $train_flag_name '$train_flag_value' after --): give it once"
+  rules="$train_flag_value"
+  [[ -n "$rules" ]] || die "$train_flag_name after -- needs a value"
+elif [[ -n "$rules" ]]; then
+  rules_args=(--rules "$rules")
+fi
+if [[ -n "$global_batch" ]]; then
+  if train_flag --global_batch_size --global-batch-size; then
+    die "the global batch is given twice (-g $global_batch and $train_flag_name $train_flag_value after --): give it once"
+  fi
+  batch_args=(--global_batch_size "$global_batch")
+elif train_flag --global_batch_size --global-batch-size; then
+  global_batch="$train_flag_value"
+fi
+if [[ -n "$global_batch" ]]; then
+  is_count "$global_batch" || die "--global-batch-size must be a positive whole number, not '$global_batch'"
+  if train_flag --local_batch_size --local-batch-size; then
+    die "--global-batch-size $global_batch derives the local batch from the ranks: drop $train_flag_name $train_flag_value after --"
+  fi
+fi
 
 GPUS_PER_NODE="${GPUS_PER_NODE:-4}"
 [[ "$GPUS_PER_NODE" =~ ^[0-9]+$ ]] || die "GPUS_PER_NODE must be a whole number, not '$GPUS_PER_NODE'"
@@ -83,7 +144,61 @@ is_count "$CPUS_PER_TASK" || die "CPUS_PER_TASK must be a positive whole number,
 [[ -n "${DATA_DIR:-}" ]] || die "set DATA_DIR (the data set directory holding train/, validation/ and stats.h5)"
 [[ -d "$DATA_DIR" ]] || die "DATA_DIR '$DATA_DIR' is not a directory"
 DATA_DIR="$(realpath -- "$DATA_DIR")"
-script="$SLURM_DIR/$mode.sbatch"
+# ported runs with optimized.sbatch (MODE=ported): the baseline's
+# hyperparameters come from the mode's recipe, and the script's node-local
+# STAGE_DIR serves a port that changes the loader (unused by the HDF5 loader).
+if [[ "$mode" == baseline ]]; then script="$SLURM_DIR/baseline.sbatch"; else script="$SLURM_DIR/optimized.sbatch"; fi
+
+# The ranks of each scale, as the jobs will have them; a global batch must
+# divide over every one of them (checked before anything is submitted).
+scale_nodes=() scale_tasks=()
+for scale in "${scale_list[@]}"; do
+  nodes="$base_nodes" tasks="$TASKS_PER_NODE"
+  if [[ "$scale_by" == nodes ]]; then nodes=$((base_nodes * scale)); else tasks=$((TASKS_PER_NODE * scale)); fi
+  scale_nodes+=("$nodes") scale_tasks+=("$tasks")
+  if [[ -n "$global_batch" ]] && ((global_batch % (nodes * tasks))); then
+    die "--global-batch-size $global_batch does not divide over the $((nodes * tasks)) ranks of scale $scale" \
+      "($nodes node(s) x $tasks task(s) per node)"
+  fi
+done
+
+read -ra fastcam_cmd <<<"${FASTCAM:-fastcam}"
+read -ra container_cmd <<<"${FASTCAM_CONTAINER:-}"
+# fastcam_rules_json NAME: `fastcam rules NAME --json` as the jobs run
+# fastcam (FASTCAM_SETUP first, in a subshell: it changes nothing here).
+fastcam_rules_json() (
+  if [[ -n "${FASTCAM_SETUP:-}" ]]; then
+    set +u  # activation scripts read unset variables (as in env.sh)
+    eval "$FASTCAM_SETUP" >/dev/null || { echo "FASTCAM_SETUP failed: $FASTCAM_SETUP" >&2; exit 1; }
+    set -u
+  fi
+  "${container_cmd[@]}" "${fastcam_cmd[@]}" rules "$1" --json
+)
+
+# check_rules NAME: the jobs' fastcam, run here, knows the rules profile NAME
+# and its run types include the mode; one line and exit 2 otherwise.
+check_rules() {
+  local name="$1" json_file err status=0 json run_types
+  json_file="$(mktemp)"
+  # stderr captured, stdout (the profile as JSON) into json_file
+  err="$(fastcam_rules_json "$name" 2>&1 >"$json_file")" || status=$?
+  json="$(<"$json_file")"
+  rm -f -- "$json_file"
+  if ((status == 127)); then
+    die "cannot check --rules $name: '${container_cmd[0]:-${fastcam_cmd[0]}}' not found here (set FASTCAM_SETUP or FASTCAM as for the jobs)"
+  elif ((status != 0)); then
+    err="$(printf '%s\n' "$err" | sed '/^[[:space:]]*$/d' | tail -n 1)"
+    err="${err#fastcam: error: }"
+    die "${err:-fastcam rules $name failed with exit status $status}"
+  fi
+  json="${json//[[:space:]]/}"
+  if [[ "$json" =~ \"run_types\":\[([^]]*)\] ]]; then
+    run_types="${BASH_REMATCH[1]//\"/}"
+    [[ ",$run_types," == *",$mode,"* ]] \
+      || die "rules $name define no $mode run (run types: ${run_types//,/, })"
+  fi
+}
+if [[ -n "$rules" ]]; then check_rules "$rules"; fi
 
 prefix="${prefix:-fastcam-$mode}"
 [[ "$prefix" =~ ^[A-Za-z0-9._-]+$ ]] || die "--name must be letters, digits, '.', '_' or '-', not '$prefix'"
@@ -100,13 +215,12 @@ if [[ "${EXCLUSIVE:-1}" == 1 ]]; then common+=(--exclusive); fi
 read -ra extra_sbatch <<<"${SBATCH_EXTRA_ARGS:-}"
 common+=("${extra_sbatch[@]}")
 
-export DATA_DIR GPUS_PER_NODE CPUS_PER_TASK FASTCAM_SLURM_DIR="$SLURM_DIR"
+export DATA_DIR GPUS_PER_NODE CPUS_PER_TASK MODE="$mode" FASTCAM_SLURM_DIR="$SLURM_DIR"
 jobs_file="$results/jobs.tsv"
 if ((!dry_run)); then printf 'job_id\tname\tnodes\ttasks_per_node\tdirectory\n' >"$jobs_file"; fi
 previous=""
-for scale in "${scale_list[@]}"; do
-  nodes="$base_nodes" tasks="$TASKS_PER_NODE"
-  if [[ "$scale_by" == nodes ]]; then nodes=$((base_nodes * scale)); else tasks=$((TASKS_PER_NODE * scale)); fi
+for ((s = 0; s < ${#scale_list[@]}; s++)); do
+  nodes="${scale_nodes[s]}" tasks="${scale_tasks[s]}"
   for ((repeat = 1; repeat <= repeats; repeat++)); do
     name="$prefix-${nodes}n${tasks}t-r$repeat"
     dir="$results/$name"
@@ -118,9 +232,9 @@ for scale in "${scale_list[@]}"; do
       cmd+=(--dependency="afterok:$previous" --kill-on-invalid-dep=yes)
       after=", after job $previous"
     fi
-    cmd+=("$script" "$@")
+    cmd+=("$script" "${rules_args[@]}" "${batch_args[@]}" "$@")
     if ((dry_run)); then
-      printf 'OUTPUT_DIR=%q RUN_TAG=%q TASKS_PER_NODE=%q' "$dir" "$name" "$tasks"
+      printf 'MODE=%q OUTPUT_DIR=%q RUN_TAG=%q TASKS_PER_NODE=%q' "$mode" "$dir" "$name" "$tasks"
       printf ' %q' "${cmd[@]}"
       printf '\n'
       previous="JOBID"
@@ -136,7 +250,14 @@ for scale in "${scale_list[@]}"; do
   done
 done
 
+compare=(fastcam compare)
+if [[ -n "$rules" ]]; then compare+=(--rules "$rules"); fi
+compare+=("$results")
+printf -v compare_line '%q ' "${compare[@]}"
+compare_line="when they have finished, the results table: ${compare_line% }"
 if ((!dry_run)); then
   echo "jobs: $jobs_file; watch them with: squeue -u \"\$USER\""
-  echo "when they have finished, the results table: fastcam compare $(printf '%q' "$results")"
+  echo "$compare_line"
+else
+  echo "# $compare_line"  # a comment: the dry run's output stays a runnable script
 fi

@@ -15,6 +15,7 @@ import itertools
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -30,8 +31,8 @@ SLURM_DIR = REPO / "slurm"
 LOCAL_CLUSTER = SLURM_DIR / "local-cluster.sh"
 FASTCAM = f"{sys.executable} -m fastcam.cli"  # srun passes PATH on: name the interpreter itself
 # Variables that would change what a job does if the test's own environment had them.
-KNOBS = ("DATA_DIR", "OUTPUT_DIR", "STAGE_DIR", "RUN_TAG", "DEVICE", "WIREUP", "MPI_TYPE", "CPU_BIND", "FASTCAM",
-         "FASTCAM_SETUP", "FASTCAM_CONTAINER", "FASTCAM_SLURM_DIR", "FASTCAM_TASK_ALONE", "GPUS_PER_NODE",
+KNOBS = ("MODE", "DATA_DIR", "OUTPUT_DIR", "STAGE_DIR", "RUN_TAG", "DEVICE", "WIREUP", "MPI_TYPE", "CPU_BIND",
+         "FASTCAM", "FASTCAM_SETUP", "FASTCAM_CONTAINER", "FASTCAM_SLURM_DIR", "FASTCAM_TASK_ALONE", "GPUS_PER_NODE",
          "TASKS_PER_NODE", "CPUS_PER_TASK", "SRUN_EXTRA_ARGS", "SBATCH_EXTRA_ARGS", "KILL_ON_BAD_EXIT", "EXCLUSIVE",
          "STUDY_NAME", "STORAGE", "TRIALS", "ACCOUNT", "PARTITION", "QOS", "TIME_LIMIT", "RANK", "WORLD_SIZE",
          "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "OMP_NUM_THREADS", "CUDA_VISIBLE_DEVICES")
@@ -97,7 +98,9 @@ def test_submit_dry_run_plans_n_2n_4n_with_names_and_chained_dependencies(tmp_pa
     env = job_env(DATA_DIR=str(tmp_path), GPUS_PER_NODE="4", CPUS_PER_TASK="16", ACCOUNT="acct", PARTITION="gpu")
     out = run([str(SLURM_DIR / "submit.sh"), "--dry-run", "--chain", "--repeats", "2", "--name", "kestrel",
                "--results", str(tmp_path / "res"), "2", "--", "--max_epochs", "30"], env=env).stdout
-    lines = out.strip().splitlines()
+    lines = [line for line in out.strip().splitlines() if not line.startswith("#")]
+    assert out.strip().splitlines()[-1] == \
+        f"# when they have finished, the results table: fastcam compare {tmp_path / 'res'}"
     names = [re.search(r"--job-name=(\S+)", line).group(1) for line in lines]
     assert names == [f"kestrel-{n}n4t-r{r}" for n in (2, 4, 8) for r in (1, 2)]
     for line, name in zip(lines, names):
@@ -112,7 +115,7 @@ def test_submit_dry_run_plans_n_2n_4n_with_names_and_chained_dependencies(tmp_pa
 
 @pytest.mark.parametrize("args, message", [
     (["0"], "N must be a positive whole number"),
-    (["--mode", "fast", "1"], "--mode must be baseline or optimized"),
+    (["--mode", "fast", "1"], "--mode must be baseline, ported or optimized"),
     (["--scales", "1 x", "1"], "--scales must hold positive whole numbers"),
     (["1", "2"], "N is given twice"),
 ])
@@ -120,6 +123,151 @@ def test_submit_rejects_bad_arguments_with_one_line(tmp_path, args, message):
     result = run([str(SLURM_DIR / "submit.sh"), "--dry-run", *args], env=job_env(DATA_DIR=str(tmp_path)),
                  check=False)
     assert result.returncode == 2 and message in result.stderr
+
+
+FAKE_SRUN = """#!/usr/bin/env bash
+# Stands in for srun without Slurm: logs its arguments, then runs the command after its options once, as task 0.
+printf '%s\\n' "$*" >>"$SRUN_LOG"
+while (($# > 0)) && [[ "$1" == -* ]]; do shift; done
+export SLURM_PROCID=0 SLURM_LOCALID=0 SLURM_NTASKS=1
+exec "$@"
+"""
+FAKE_SBATCH = """#!/usr/bin/env bash
+printf '%s\\n' "$*" >>"$SBATCH_LOG"
+echo 4242
+"""
+
+
+def fake_command(directory: Path, name: str, text: str) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    path.write_text(text)
+    path.chmod(0o755)
+    return path
+
+
+def planned_jobs(out: str) -> list[tuple[dict[str, str], list[str], list[str]]]:
+    """A dry run's jobs: (the environment it sets, the sbatch options, the script and its arguments)."""
+    jobs = []
+    for line in out.strip().splitlines():
+        if line.startswith("#"):
+            continue
+        words = shlex.split(line)
+        at = words.index("sbatch")
+        env = dict(word.split("=", 1) for word in words[:at])
+        script = next(i for i, word in enumerate(words) if word.endswith(".sbatch"))
+        jobs.append((env, words[at + 1:script], words[script:]))
+    return jobs
+
+
+def run_planned_job(job, env: dict[str, str], tmp_path: Path, job_id: int) -> list[str]:
+    """Run one planned job's sbatch script as the job would (its environment, its node count), with srun faked
+    (one task): the fastcam command line the job's tasks would get."""
+    job_env_vars, options, script_and_args = job
+    nodes = next(o.split("=", 1)[1] for o in options if o.startswith("--nodes="))
+    name = next(o.split("=", 1)[1] for o in options if o.startswith("--job-name="))
+    bin_dir = tmp_path / "bin"
+    fake_command(bin_dir, "srun", FAKE_SRUN)
+    records = tmp_path / f"records-{job_id}"
+    records.mkdir()
+    # submit.sh exports FASTCAM_SLURM_DIR (and DATA_DIR, GPUS_PER_NODE, CPUS_PER_TASK) to every job itself.
+    run_env = env | job_env_vars | {
+        "FASTCAM_SLURM_DIR": str(SLURM_DIR), "PATH": f"{bin_dir}{os.pathsep}{env['PATH']}",
+        "SRUN_LOG": str(tmp_path / "srun.log"),
+        "RECORD_DIR": str(records), "SLURM_JOB_ID": str(job_id), "SLURM_JOB_NUM_NODES": nodes,
+        "SLURM_JOB_NAME": name, "SLURM_SUBMIT_DIR": str(tmp_path), "TMPDIR": str(tmp_path / "node-local")}
+    run(["bash", *script_and_args], env=run_env, cwd=tmp_path)
+    (record,) = recorded(records)
+    return record["argv"]
+
+
+def test_submit_carries_rules_ported_mode_and_global_batch_to_every_jobs_train_line(tmp_path, recorder):
+    data = tmp_path / "data"
+    data.mkdir()
+    env = job_env(DATA_DIR=str(data), GPUS_PER_NODE="4", CPUS_PER_TASK="2")
+    results = tmp_path / "res"
+    out = run([str(SLURM_DIR / "submit.sh"), "--dry-run", "--mode", "ported", "--rules", "esif-2026-01",
+               "-g", "64", "--results", str(results), "1", "--", "--max_epochs", "3"], env=env).stdout
+    assert out.strip().splitlines()[-1] == \
+        f"# when they have finished, the results table: fastcam compare --rules esif-2026-01 {results}"
+    assert not results.exists()  # a dry run creates nothing
+    jobs = planned_jobs(out)
+    assert [next(o for o in options if o.startswith("--nodes=")) for _, options, _ in jobs] == \
+        ["--nodes=1", "--nodes=2", "--nodes=4"]
+    for job_id, job in enumerate(jobs, start=100):
+        job_env_vars, _, script_and_args = job
+        # ported runs with the optimized script (node-local staging for a port that changes the loader)
+        assert job_env_vars["MODE"] == "ported" and Path(script_and_args[0]).name == "optimized.sbatch"
+        argv = run_planned_job(job, env | recorder, tmp_path, job_id)
+        assert argv[:3] == ["train", "--mode", "ported"]
+        assert (flag(argv, "--rules"), flag(argv, "--global_batch_size")) == ("esif-2026-01", "64")
+        assert argv[-2:] == ["--max_epochs", "3"] and argv.count("--rules") == 1
+        assert flag(argv, "--stage_dir") == str(tmp_path / "node-local" / f"fastcam-stage-{job_id}")
+
+
+def test_submit_keeps_rules_and_global_batch_given_after_dashes_and_names_the_rules_in_the_compare_line(tmp_path):
+    # Existing use: --rules and --global_batch_size as fastcam train flags after --; they stay where they are.
+    env = job_env(DATA_DIR=str(tmp_path), GPUS_PER_NODE="4")
+    out = run([str(SLURM_DIR / "submit.sh"), "--dry-run", "--results", str(tmp_path / "res"), "--scales", "1 2",
+               "2", "--", "--rules=esif-2025-12", "--global_batch_size", "32"], env=env).stdout
+    jobs = planned_jobs(out)
+    assert [args[1:] for _, _, args in jobs] == [["--rules=esif-2025-12", "--global_batch_size", "32"]] * 2
+    assert out.strip().endswith(f"fastcam compare --rules esif-2025-12 {tmp_path / 'res'}")
+    assert [env_vars["MODE"] for env_vars, _, _ in jobs] == ["baseline", "baseline"]
+    assert all(Path(args[0]).name == "baseline.sbatch" for _, _, args in jobs)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--rules", "no-such-rules", "1"], "unknown rules profile 'no-such-rules' (known: esif-2025-12,"),
+    (["--rules", "mlperf-hpc-3.0", "--mode", "ported", "1"],
+     "rules mlperf-hpc-3.0 define no ported run (run types: baseline, optimized)"),
+    # scales 1 2 4 of 2 nodes x 4 tasks: 8, 16 and 32 ranks; 48 divides over 8 and 16, not over 32
+    (["-g", "48", "2"], "--global-batch-size 48 does not divide over the 32 ranks of scale 4 (8 node(s) x 4 task(s)"),
+    (["--scale-by", "tasks", "--scales", "1 3", "-g", "16", "1"],
+     "--global-batch-size 16 does not divide over the 12 ranks of scale 3 (1 node(s) x 12 task(s)"),
+    (["--global-batch-size", "0", "1"], "--global-batch-size must be a positive whole number, not '0'"),
+    (["-g", "64", "1", "--", "--local_batch_size", "4"], "drop --local_batch_size 4 after --"),
+    (["-g", "64", "1", "--", "--local-batch-size=4"], "drop --local-batch-size 4 after --"),
+    (["-g", "64", "1", "--", "--global_batch_size", "64"], "the global batch is given twice"),
+    (["1", "--", "--global_batch_size=12"], "--global-batch-size 12 does not divide over the 8 ranks"),
+    (["--rules", "esif-2025-12", "1", "--", "--rules", "esif-2026-01"], "--rules is given twice"),
+])
+def test_submit_refuses_before_any_sbatch_call_with_one_line(tmp_path, args, message):
+    bin_dir = tmp_path / "bin"
+    fake_command(bin_dir, "sbatch", FAKE_SBATCH)
+    sbatch_log = tmp_path / "sbatch.log"
+    env = job_env(DATA_DIR=str(tmp_path), GPUS_PER_NODE="4", PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+                  SBATCH_LOG=str(sbatch_log))
+    results = tmp_path / "res"
+    result = run([str(SLURM_DIR / "submit.sh"), "--results", str(results), *args], env=env, check=False)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("submit.sh: error: ") \
+        and message in result.stderr, result.stderr
+    assert result.stdout == "" and not sbatch_log.exists() and not results.exists()
+
+
+def test_submit_without_refusal_calls_the_fake_sbatch(tmp_path):
+    # The refusal test's counterpart: the same setup does reach sbatch when nothing is wrong.
+    bin_dir = tmp_path / "bin"
+    fake_command(bin_dir, "sbatch", FAKE_SBATCH)
+    sbatch_log = tmp_path / "sbatch.log"
+    env = job_env(DATA_DIR=str(tmp_path), GPUS_PER_NODE="4", PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+                  SBATCH_LOG=str(sbatch_log))
+    run([str(SLURM_DIR / "submit.sh"), "--results", str(tmp_path / "res"), "--scales", "1 2", "-g", "16", "1"],
+        env=env)
+    calls = sbatch_log.read_text().splitlines()
+    assert len(calls) == 2 and all(call.endswith("baseline.sbatch --global_batch_size 16") for call in calls)
+
+
+def test_sbatch_scripts_refuse_a_mode_they_do_not_run(tmp_path, recorder):
+    env = job_env(DATA_DIR=str(tmp_path), **recorder)
+    fake_command(tmp_path / "bin", "srun", FAKE_SRUN)
+    env |= {"PATH": f"{tmp_path / 'bin'}{os.pathsep}{env['PATH']}", "SRUN_LOG": str(tmp_path / "srun.log"),
+            "SLURM_JOB_ID": "7", "OUTPUT_DIR": str(tmp_path / "out"), "FASTCAM_SLURM_DIR": str(SLURM_DIR)}
+    for script, mode in (("baseline.sbatch", "ported"), ("optimized.sbatch", "baseline")):
+        result = run(["bash", str(SLURM_DIR / script)], env=env | {"MODE": mode}, check=False)
+        assert result.returncode == 2 and "MODE must be" in result.stderr and f"not '{mode}'" in result.stderr
+    assert not (tmp_path / "srun.log").exists()
 
 
 # --- on a real one-node Slurm -------------------------------------------------------------------------------------
@@ -225,8 +373,9 @@ def test_submit_helper_runs_one_and_two_tasks_in_a_chain_and_compare_reads_them(
     results = tmp_path / "results"
     env = job_env(DATA_DIR=str(tiny_data), EXCLUSIVE="0")
     out = run([str(SLURM_DIR / "submit.sh"), "--scale-by", "tasks", "--scales", "1 2", "--chain", "--name", "ci",
-               "--results", str(results), "1", "--", *TRAIN_ARGS], env=env, cwd=tmp_path).stdout
-    assert f"fastcam compare {results}" in out
+               "--rules", "esif-2025-12", "--results", str(results), "1", "--", *TRAIN_ARGS], env=env,
+              cwd=tmp_path).stdout
+    assert f"fastcam compare --rules esif-2025-12 {results}" in out
     rows = list(csv.DictReader((results / "jobs.tsv").open(), delimiter="\t"))
     assert [(r["name"], r["nodes"], r["tasks_per_node"]) for r in rows] == [("ci-1n1t-r1", "1", "1"),
                                                                           ("ci-1n2t-r1", "1", "2")]
@@ -238,10 +387,13 @@ def test_submit_helper_runs_one_and_two_tasks_in_a_chain_and_compare_reads_them(
         info = wait_for_job(row["job_id"])
         assert info["JobName"] == row["name"]
         assert_clean_exit(info, Path(row["directory"]))
+        # The job's fastcam train line carried the profile (and fastcam train accepted it).
+        launched = (Path(row["directory"]) / f"slurm-{row['job_id']}.out").read_text()
+        assert re.search(r"fastcam-slurm: srun .* train --mode baseline .* --rules esif-2025-12 ", launched), launched
         log = Path(row["directory"]) / "logs" / f"{row['name']}.log"
         assert mllog_values(log, "global_batch_size") == [8 * ranks]
 
-    table = run([*FASTCAM.split(), "compare", "--csv", "--no-check", str(results)]).stdout
+    table = run([*FASTCAM.split(), "compare", "--rules", "esif-2025-12", "--csv", "--no-check", str(results)]).stdout
     by_log = {Path(r["log"]).name: r for r in csv.DictReader(io.StringIO(table))}
     assert {name: int(r["global_batch_size"]) for name, r in by_log.items()} == {"ci-1n1t-r1.log": 8,
                                                                                  "ci-1n2t-r1.log": 16}
