@@ -35,7 +35,7 @@ SPEC_COLUMNS = ["Run Type", "Nodes used", "Accelerators per node", "Local Batch 
 
 # ---- real runs, shared by the module -----------------------------------------
 
-# The three real runs (a small network) take a few seconds (paid once, by the first test using them).
+# The four real runs (a small network) take a few seconds (paid once, by the first test using them).
 uses_real_runs = pytest.mark.slow
 
 def _train_log(data: Path, out: Path, tag: str, *extra: str) -> Path:
@@ -47,8 +47,10 @@ def _train_log(data: Path, out: Path, tag: str, *extra: str) -> Path:
 
 @pytest.fixture(scope="session")
 def real_logs(tiny_synthetic, tmp_path_factory):
-    """Three real runs: a baseline reaching a low target, a baseline missing the
-    default 0.82, and an optimized run (LAMB, cosine, local batch 4)."""
+    """Four real runs: a baseline reaching a low target, a baseline missing the
+    default 0.82, an optimized run (LAMB, cosine, local batch 4), and a per-step
+    timing run (train_loss every step, 8 steps in each of 2 epochs; per-step
+    logging is fixed in closed runs, so it is an open-division one)."""
     out = tmp_path_factory.mktemp("compare") / "out"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the autouse thread fixture is per test, this runs before it
@@ -59,9 +61,11 @@ def real_logs(tiny_synthetic, tmp_path_factory):
         optimized = _train_log(tiny_synthetic, out, "optimized", "--mode", "optimized", "--loader", "hdf5",
                                "--no-channels-last", "--local_batch_size", "4", "--max_epochs", "1",
                                "--target_iou", "0.05")
+        per_step = _train_log(tiny_synthetic, out, "per_step", "--mode", "baseline", "--open-division",
+                              "--logging_frequency", "1", "--local_batch_size", "2", "--max_epochs", "2")
     finally:
         torch.set_num_threads(threads)
-    return SimpleNamespace(out=out, reached=reached, missed=missed, optimized=optimized)
+    return SimpleNamespace(out=out, reached=reached, missed=missed, optimized=optimized, per_step=per_step)
 
 
 # ---- helpers working on the raw JSON lines -------------------------------------
@@ -100,11 +104,17 @@ def expected_throughput(path: Path) -> float:
     return samples / seconds
 
 
-def rewritten_copy(src: Path, dst: Path, *, factor: float = 1.0, shift_ms: int = 0, **values) -> Path:
+def rewritten_copy(src: Path, dst: Path, *, factor: float = 1.0, shift_ms: int = 0, drop: tuple = (),
+                   add: dict | None = None, **values) -> Path:
     """A synthesized repeat: times since run_start scaled by ``factor`` and shifted,
-    and the values of the keys in ``values`` replaced."""
-    events = raw_events(src)
+    the values of the keys in ``values`` replaced, the records of the keys in
+    ``drop`` removed and one point-in-time record per ``add`` item inserted
+    before ``run_start`` (where the trainer logs its settings)."""
+    events = [e for e in raw_events(src) if e["key"] not in drop]
     t0 = first(events, "run_start")["time_ms"]
+    at = events.index(first(events, "run_start"))
+    events[at:at] = [{**events[at - 1], "event_type": "POINT_IN_TIME", "key": key, "value": value}
+                     for key, value in (add or {}).items()]
     for e in events:
         # Not rounded: the runs of a small network last milliseconds, and rounding
         # them would change the throughput ratio the tests derive from ``factor``.
@@ -243,7 +253,6 @@ def test_compliance_column_shows_the_checkers_failed_rules(real_logs, capsys):
 # ---- broken input ----------------------------------------------------------------
 
 @uses_real_runs
-@uses_real_runs
 @pytest.mark.parametrize("damage", ["truncated", "corrupt"])
 def test_a_damaged_log_is_one_error_line_naming_file_and_line(real_logs, tmp_path, capsys, damage):
     lines = real_logs.reached.read_text().splitlines()
@@ -268,7 +277,7 @@ def test_directory_mixing_logs_and_other_files(real_logs, tmp_path, capsys):
     assert list(real_logs.out.glob("*.cpt"))
     rc, out, _ = compare(capsys, str(real_logs.out), "--no-check", "--csv")
     assert rc == 0 and sorted(Path(r["log"]).name for r in csv_rows(out)) == [
-        "missed.log", "optimized.log", "reached.log"]
+        "missed.log", "optimized.log", "per_step.log", "reached.log"]
     mixed = tmp_path / "mixed"
     (mixed / "nested").mkdir(parents=True)
     shutil.copy(real_logs.reached, mixed / "nested" / "run.log")
@@ -325,6 +334,7 @@ def test_nvidia_stdout_with_prefixed_records_and_extra_keys_parses():
 @uses_real_runs
 def test_plots_are_written_and_scaling_only_across_node_counts(real_logs, tmp_path, capsys):
     image = pytest.importorskip("matplotlib.image")
+    from fastcam.compare.plots import scaling_families
     rc, _, err = compare(capsys, str(real_logs.reached), str(real_logs.missed), str(real_logs.optimized),
                          "--no-check", "--plot", str(tmp_path / "plots"))
     written = sorted(p.name for p in (tmp_path / "plots").iterdir())
@@ -337,9 +347,10 @@ def test_plots_are_written_and_scaling_only_across_node_counts(real_logs, tmp_pa
     rc, _, _ = compare(capsys, str(real_logs.reached), str(two_nodes), "--no-check", "--plot", str(tmp_path / "s"))
     assert rc == 0 and (tmp_path / "s" / "scaling.png").is_file()
     assert image.imread(tmp_path / "s" / "scaling.png").std() > 0
-    # Different node counts but no configuration run at two of them: nothing to scale.
-    rc, _, _ = compare(capsys, str(real_logs.reached), str(REFERENCE_LOG), "--no-check", "--plot", str(tmp_path / "n"))
-    assert rc == 0 and not (tmp_path / "n" / "scaling.png").exists()
+    # Different node counts but no configuration run at two of them: nothing to scale, so
+    # write_plots draws no scaling.png (as in the first call); decided without drawing the rest again.
+    pair = [run_facts(read_log(real_logs.reached)), run_facts(read_log(REFERENCE_LOG))]
+    assert len({r.nodes for r in pair}) == 2 and scaling_families(group_runs(pair)) == []
 
 
 def test_markdown_escapes_pipes():
@@ -496,3 +507,211 @@ def test_a_stub_log_beside_good_logs_is_skipped_with_its_reason(capsys, tmp_path
 def test_unknown_rules_profile_is_one_line(capsys):
     rc, _, err = compare(capsys, str(BASELINE_276), "--no-check", "--rules", "esif-1999")
     assert rc == 2 and len(err.strip().splitlines()) == 1 and "esif-1999" in err
+
+
+# ---- the Precision column and the median step time (issue 15) -------------------------
+
+from fastcam import logkeys as K  # noqa: E402
+from fastcam.compare.runtype import logged_precision  # noqa: E402
+from fastcam.compare.table import step_ms_text  # noqa: E402
+
+NEW_KEYS = (K.PRECISION_MODE, K.FASTCAM_STAGE_DTYPE)  # what fastcam logs since issue 15
+OLD_TEXT = {"fp32": "fp32", "fp16": "AMP fp16", "bf16": "AMP bf16"}  # fastcam_execution's precision -> cell
+
+
+def old_style(src: Path, dst: Path, **values) -> Path:
+    """The log as fastcam wrote it before precision_mode and fastcam_stage_dtype
+    (fastcam_execution and fastcam_loader only): the real log less those keys."""
+    return rewritten_copy(src, dst, drop=NEW_KEYS, **values)
+
+
+def markdown_tables(text: str) -> list[list[dict]]:
+    """Each Markdown table of a report as {column: cell} rows."""
+    tables = []
+    for block in (b for b in text.split("\n\n") if b.startswith("| ")):
+        header, _rule, *rows = block.strip().splitlines()
+        columns = [c.strip() for c in header.strip("|").split("|")]
+        tables.append([dict(zip(columns, (c.strip() for c in row.strip("|").split("|")))) for row in rows])
+    return tables
+
+
+def logged_intervals(path: Path) -> list[float]:
+    """Milliseconds per step between the per-step train_loss records of each epoch,
+    from the raw lines: the record of each step number (the first, where the
+    epoch's end repeats the last step), consecutive pairs of one epoch."""
+    by_epoch: dict[int, dict[int, float]] = {}
+    for e in raw_events(path):
+        if e["key"] == "train_loss":
+            by_epoch.setdefault(e["metadata"]["epoch_num"], {}).setdefault(e["metadata"]["step_num"], e["time_ms"])
+    out = []
+    for steps in by_epoch.values():
+        ordered = sorted(steps.items())
+        out += [(tb - ta) / (sb - sa) for (sa, ta), (sb, tb) in zip(ordered, ordered[1:])]
+    return out
+
+
+@uses_real_runs
+def test_precision_of_fastcam_logs_before_precision_mode(real_logs, tmp_path):
+    # The trainer's own records: fastcam_execution's autocast dtype and fastcam_loader.
+    reached = old_style(real_logs.reached, tmp_path / "reached.log")
+    optimized = old_style(real_logs.optimized, tmp_path / "optimized.log")
+    autocast = first(raw_events(optimized), K.FASTCAM_EXECUTION)["value"]["precision"]
+    assert first(raw_events(optimized), K.FASTCAM_LOADER)["value"] == "hdf5"
+    assert run_facts(read_log(reached)).precision_label == "fp32"  # baseline: fp32, hdf5
+    assert run_facts(read_log(optimized)).precision_label == OLD_TEXT[autocast]
+    # The staged and DALI loaders then always stored float16 inputs.
+    execution = {**first(raw_events(reached), K.FASTCAM_EXECUTION)["value"], "precision": "bf16"}
+    for loader in ("staged", "dali"):
+        staged = run_facts(read_log(old_style(real_logs.reached, tmp_path / f"{loader}.log", fastcam_loader=loader,
+                                              fastcam_execution=execution)))
+        assert staged.precision_label == "AMP bf16, fp16 inputs"
+    # Float16 inputs are reduced precision: not the default profile's fp32 baseline.
+    fp16_inputs = run_facts(read_log(old_style(real_logs.reached, tmp_path / "in16.log", fastcam_loader="staged")))
+    assert fp16_inputs.precision_label == "fp32, fp16 inputs" and fp16_inputs.run_type == "optimized"
+    assert "fp16 inputs from the stage cache (baseline allows fp32)" in fp16_inputs.run_type_reason
+    assert run_facts(read_log(reached)).run_type == "baseline"
+
+
+@uses_real_runs
+def test_precision_mode_and_stage_dtype_decide_the_precision(real_logs, tmp_path):
+    # fastcam_execution says fp32 and fastcam_loader hdf5: the new keys win where logged.
+    assert first(raw_events(real_logs.reached), K.FASTCAM_EXECUTION)["value"]["precision"] == "fp32"
+    cases = [("fp32", None, "fp32"), ("amp_fp16", None, "AMP fp16"), ("amp_bf16", None, "AMP bf16"),
+             ("fp32", "fp16", "fp32, fp16 inputs"), ("amp_bf16", "fp16", "AMP bf16, fp16 inputs"),
+             ("amp_fp16", "fp32", "AMP fp16"), ("tf32", None, "tf32")]  # another value: verbatim
+    for index, (mode, stage, expected) in enumerate(cases):
+        added = {K.PRECISION_MODE: mode, **({K.FASTCAM_STAGE_DTYPE: stage} if stage else {})}
+        copy = rewritten_copy(real_logs.reached, tmp_path / f"case{index}.log", drop=NEW_KEYS, add=added)
+        assert run_facts(read_log(copy)).precision_label == expected, (mode, stage)
+    # A logged fp32 stage dtype overrides the staged loader's old float16 meaning.
+    staged32 = rewritten_copy(real_logs.reached, tmp_path / "staged32.log", drop=NEW_KEYS, fastcam_loader="staged",
+                              add={K.PRECISION_MODE: "fp32", K.FASTCAM_STAGE_DTYPE: "fp32"})
+    facts = run_facts(read_log(staged32))
+    assert (facts.precision_label, facts.run_type) == ("fp32", "baseline")
+    # The precision_mode values are the profiles' fp16/bf16 for the baseline comparison.
+    amp = rewritten_copy(LAMB_14, tmp_path / "amp_fp16.txt", precision_mode="amp_fp16")
+    assert logged_precision(read_log(amp)) == "fp16"
+    lamb_amp = SimpleNamespace(name="p", baseline={"optimizer": "LAMB"}, global_batch_size=None,
+                               precision={"baseline": ("fp16",)})
+    assert classify(read_log(amp), lamb_amp).kind == "baseline"
+    bf16 = classify(read_log(rewritten_copy(LAMB_14, tmp_path / "amp_bf16.txt", precision_mode="amp_bf16")), lamb_amp)
+    assert bf16.kind == "optimized" and "precision bf16 (baseline allows fp16)" in bf16.reason
+
+
+def test_precision_of_other_tools_logs():
+    assert first(raw_events(NVIDIA_LOG), K.PRECISION_MODE)["value"] == "amp"
+    assert run_facts(read_log(NVIDIA_LOG)).precision_label == "amp"  # NVIDIA's own value, verbatim
+    assert run_facts(read_log(REFERENCE_LOG)).precision_label == "unknown"  # neither key
+
+
+@uses_real_runs
+def test_every_table_has_the_precision_column(real_logs, tmp_path, capsys):
+    autocast = first(raw_events(real_logs.optimized), K.FASTCAM_EXECUTION)["value"]["precision"]
+    optimized = old_style(real_logs.optimized, tmp_path / "optimized.log")
+    staged = rewritten_copy(real_logs.reached, tmp_path / "staged.log", drop=NEW_KEYS,
+                            add={K.PRECISION_MODE: "amp_bf16", K.FASTCAM_STAGE_DTYPE: "fp16"})
+    logs = [str(old_style(real_logs.reached, tmp_path / "reached.log")), str(optimized), str(staged), str(NVIDIA_LOG)]
+    expected = {"reached.log": "fp32", "optimized.log": OLD_TEXT[autocast], "staged.log": "AMP bf16, fp16 inputs",
+                NVIDIA_LOG.name: "amp"}
+    rc, out, _ = compare(capsys, *logs, "--no-check")
+    summary, detail = markdown_tables(out)
+    assert rc == 0 and sorted(r["Precision"] for r in summary) == sorted(expected.values())
+    assert {Path(r["Log"]).name: r["Precision"] for r in detail} == expected
+    rc, out, _ = compare(capsys, *logs, "--no-check", "--csv")
+    assert rc == 0 and {Path(r["log"]).name: r["precision"] for r in csv_rows(out)} == expected
+    for table in ("esif-scenarios", "mlperf"):
+        rc, out, _ = compare(capsys, *logs, "--no-check", "--json", "--table", table)
+        report = json.loads(out)
+        assert rc == 0 and sorted(r["Precision"] for r in report["summary"]) == sorted(expected.values())
+        assert {Path(r["log"]).name: r["precision"] for r in report["runs"]} == expected
+        assert sorted(s["precision"] for s in report["scores"]) == sorted(expected.values())
+
+
+@uses_real_runs
+def test_repeats_in_different_precisions_are_separate_rows(real_logs, tmp_path):
+    def repeat(i: int, mode: str) -> object:
+        path = rewritten_copy(real_logs.reached, tmp_path / f"r{i}.log", shift_ms=i * 3_600_000, drop=NEW_KEYS,
+                              add={K.PRECISION_MODE: mode})
+        # One run type for all (as --type sets it): under the default profile fp16 alone makes a run optimized.
+        return run_facts(read_log(path), run_type="optimized")
+
+    same = group_runs([repeat(0, "fp32"), repeat(1, "fp32")])
+    assert len(same) == 1 and len(same[0].runs) == 2 and same[0].precision == "fp32"
+    split = group_runs([repeat(0, "fp32"), repeat(1, "amp_fp16"), repeat(2, "fp32")])
+    assert sorted((g.precision, len(g.runs)) for g in split) == [("AMP fp16", 1), ("fp32", 2)]
+    rows = summary_table(split).rows
+    column = summary_table(split).columns.index("Precision")
+    assert sorted(r[column] for r in rows) == ["AMP fp16", "fp32"]
+    # A group put together by hand does not hide the difference either.
+    assert type(split[0])(split[0].runs + split[1].runs).precision == "mixed (AMP fp16; fp32)"
+
+
+@uses_real_runs
+def test_median_step_time_of_a_per_step_log(real_logs, capsys):
+    facts = run_facts(read_log(real_logs.per_step))
+    intervals = logged_intervals(real_logs.per_step)
+    # 16 samples at local batch 2: 8 steps in each of 2 epochs, 7 intervals each; none across the epochs.
+    steps = [e["metadata"]["step_num"] for e in raw_events(real_logs.per_step) if e["key"] == "train_loss"]
+    assert steps == [*range(1, 9), 8, *range(9, 17), 16] and len(intervals) == 14
+    assert [s * 1000 for s in facts.step_seconds] == pytest.approx(intervals)
+    assert min(intervals) <= facts.median_step_ms <= max(intervals)
+    assert facts.median_step_ms == pytest.approx(statistics.median(intervals))
+    rc, out, _ = compare(capsys, str(real_logs.per_step), str(real_logs.reached), "--no-check", "--csv")
+    records = {Path(r["log"]).name: r for r in csv_rows(out)}
+    assert rc == 0 and float(records["per_step.log"]["median_step_ms"]) == pytest.approx(facts.median_step_ms,
+                                                                                            rel=1e-5)
+    assert records["reached.log"]["median_step_ms"] == ""  # per-epoch records only
+    rc, out, _ = compare(capsys, str(real_logs.per_step), str(real_logs.reached), "--no-check")
+    summary, detail = markdown_tables(out)
+    by_type = {r["Run Type"]: r for r in summary}
+    assert by_type["open"]["Median step (ms)"] == step_ms_text(facts.median_step_ms) != ""
+    assert by_type["baseline"]["Median step (ms)"] == ""
+    assert {Path(r["Log"]).name: r["Median step (ms)"] for r in detail} == {
+        "per_step.log": step_ms_text(facts.median_step_ms), "reached.log": ""}
+
+
+@uses_real_runs
+def test_per_epoch_logs_have_no_step_time(real_logs):
+    for path in (real_logs.reached, real_logs.missed, real_logs.optimized, REFERENCE_LOG, NVIDIA_LOG):
+        facts = run_facts(read_log(path))
+        assert facts.step_seconds == [] and facts.median_step_ms is None, path
+
+
+@uses_real_runs
+def test_step_time_never_spans_a_boundary_and_divides_by_the_steps(real_logs, tmp_path):
+    reference = run_facts(read_log(real_logs.per_step)).step_seconds
+    # Without epoch numbers telling the epochs apart, the eval and epoch records still do.
+    events = raw_events(real_logs.per_step)
+    for e in events:
+        if e["key"] == "train_loss":
+            e["metadata"]["epoch_num"] = 1
+    one_epoch = tmp_path / "one_epoch.log"
+    one_epoch.write_text("".join(f":::MLLOG {json.dumps(e)}\n" for e in events))
+    assert run_facts(read_log(one_epoch)).step_seconds == pytest.approx(reference)
+    # Logged every 2 steps: each interval counts as two steps.
+    every_other = [e for e in raw_events(real_logs.per_step)
+                   if e["key"] != "train_loss" or e["metadata"]["step_num"] % 2 == 0]
+    sparse = tmp_path / "every_other.log"
+    sparse.write_text("".join(f":::MLLOG {json.dumps(e)}\n" for e in every_other))
+    intervals = logged_intervals(sparse)
+    assert len(intervals) == 6 and run_facts(read_log(sparse)).step_seconds == pytest.approx(
+        [i / 1000 for i in intervals])
+    pairs = [(a + b) / 2 for a, b in zip(logged_intervals(real_logs.per_step)[1::2],
+                                         logged_intervals(real_logs.per_step)[2::2])]
+    assert intervals[:3] == pytest.approx(pairs[:3])
+
+
+@uses_real_runs
+def test_scenario_1_runs_are_timed_by_the_median_step(real_logs, tmp_path, capsys):
+    # esif-2026-05 Scenario 1 (fixed local batch 8, per-step logging, no convergence).
+    timing = rewritten_copy(real_logs.per_step, tmp_path / "scenario1.log", local_batch_size=8)
+    facts = run_facts(read_log(timing))
+    rc, out, _ = compare(capsys, str(timing), "--no-check", "--json", "--rules", "esif-2026-05")
+    report = json.loads(out)
+    row, result = report["summary"][0], report["scores"][0]
+    assert rc == 0 and row["Scenario"] == "1" and row["Precision"] == "fp32"
+    assert row["Median time per training step (s)"] == f"{facts.median_step_seconds:.4g}"
+    assert result["metric"] == "median_step_time" and result["score_minutes"] is None
+    assert result["median_step_ms"] == pytest.approx(facts.median_step_ms)
+    assert "scenario 1 is reported, not scored" in result["note"] and result["rcp"].startswith("n/a")
+    assert report["runs"][0]["median_step_ms"] != ""

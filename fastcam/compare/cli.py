@@ -9,6 +9,13 @@ Markdown (``--csv``: one row per log, raw numbers, for spreadsheets;
 ``--json``: every table and run). Logs it cannot use (a stub of a run that
 failed at start, a damaged file) are listed as skipped with the reason. With
 ``--plot DIR`` it writes the convergence, throughput and scaling plots.
+
+Every table shows each run's Precision (fp32, AMP fp16, AMP bf16; ", fp16
+inputs" where the stage cache stored float16; another tool's precision_mode as
+logged; "unknown" without one); runs in different precisions are separate rows.
+Runs that logged per step (--logging_frequency N > 0) get the Median step (ms):
+the median time between consecutive per-step train_loss records of one epoch,
+per optimizer step, never across an epoch or evaluation boundary.
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ from fastcam.compare.reports import Scored, profile_table, score_groups
 from fastcam.compare.runs import RunFacts, run_facts
 from fastcam.compare.runtype import RUN_TYPES
 from fastcam.compare.table import (
+    MEDIAN_STEP,
+    PRECISION,
     Group,
     Table,
     compliance_text,
@@ -35,6 +44,7 @@ from fastcam.compare.table import (
     render_csv,
     render_markdown,
     runs_table,
+    step_ms_text,
 )
 from fastcam.compliance import CHECKER_KEY, CheckerResult, run_checker
 from fastcam.errors import ConfigError
@@ -154,7 +164,9 @@ def json_report(scored: list[Scored], profile, table: str | None = None, skipped
         "scores": [{"runs": s.score.runs, "converged": s.score.converged, "method": s.score.method,
                     "score_minutes": s.score.minutes, "median_minutes": s.score.median_minutes,
                     "olympic_mean_minutes": s.score.olympic_mean_minutes, "rcp_factor": s.score.rcp_factor,
-                    "rcp_passed": s.rcp.passed, "rcp": s.rcp.text, "note": s.score.note} for s in scored],
+                    "rcp_passed": s.rcp.passed, "rcp": s.rcp.text, "note": s.score.note,
+                    "metric": s.score.metric, "median_step_ms": s.score.median_step_ms,
+                    "precision": s.group.precision} for s in scored],
         "runs": records(runs_table(groups)),
         "skipped": [{"log": str(s.path), "reason": s.reason} for s in skipped],
     }, indent=1)
@@ -168,11 +180,11 @@ def detail_table(groups: list[Group]) -> Table:
             rows.append([" + ".join(str(p) for p in run.parts), run.run_type, _minutes_text(run),
                          "" if run.epochs_to_target is None else str(run.epochs_to_target),
                          "n/a" if run.best_accuracy is None else f"{run.best_accuracy:.4f}",
-                         f"{run.epochs_run}", run.status,
+                         f"{run.epochs_run}", run.status, run.precision_label,
                          "n/a" if run.samples_per_s is None else f"{run.samples_per_s:.2f}",
-                         compliance_text(check), run.run_type_reason])
+                         step_ms_text(run.median_step_ms), compliance_text(check), run.run_type_reason])
     return Table(["Log", "Run Type", "Minutes to target", "Epochs to target", "Best accuracy", "Epochs run",
-                  "Status", "Samples/s", "Compliance", "Why this run type"], rows)
+                  "Status", PRECISION, "Samples/s", MEDIAN_STEP, "Compliance", "Why this run type"], rows)
 
 
 def _minutes_text(run: RunFacts) -> str:

@@ -60,7 +60,7 @@ def scaling_families(groups: list[Group]) -> list[list[Group]]:
         r = group.first
         if r.nodes:
             key = (r.run_type, r.target, r.accelerators_per_node, r.local_batch_size, r.optimizer, r.start_lr,
-                   r.weight_decay, schedule_text(r))
+                   r.weight_decay, schedule_text(r), r.precision_label)
             families.setdefault(key, []).append(group)
     return [sorted(f, key=lambda g: g.first.nodes) for f in families.values()
             if len({g.first.nodes for g in f}) > 1]
@@ -148,7 +148,7 @@ def _scaling_plot(families: list[list[Group]], path: Path) -> Path:
     for index, family in enumerate(families):
         r = family[0].first
         label = (f"{r.run_type}, {_or_q(r.accelerators_per_node)}/node, local batch {_or_q(r.local_batch_size)}, "
-                 f"{r.optimizer or '?'}")
+                 f"{r.optimizer or '?'}, {r.precision_label}")
         nodes = [g.first.nodes for g in family]
         rates = [_nan(g.median_samples_per_s) for g in family]
         left.plot(nodes, rates, marker="o", color=_color(index), label=label)

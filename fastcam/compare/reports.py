@@ -8,11 +8,14 @@
   Total Accelerators, Local Batch Size, LR Scheduler, Start LR, Optimizer,
   Median timing per epoch (minutes), Total Time Required (minutes), Epochs
   Required, Data staged, Median time per training step (s, the per-step
-  scenario only). Times are the draft parser's: sums of ``epoch_start`` ..
-  ``epoch_stop`` intervals up to the target.
+  scenario only), and fastcam's Precision. Times are the draft parser's: sums
+  of ``epoch_start`` .. ``epoch_stop`` intervals up to the target.
 - ``mlperf``: a results summary as mlperf_logging's result_summarizer lays it
   out for a strong-scaling benchmark (submitter, system, division, nodes,
-  accelerators, score), with the olympic mean, the RCP factor and verdict.
+  accelerators, score), with the olympic mean, the RCP factor and verdict,
+  and fastcam's Precision.
+
+Every table has the *Precision* column (:func:`fastcam.compare.runtype.precision_text`).
 """
 
 from __future__ import annotations
@@ -20,9 +23,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from fastcam.compare.runs import RunFacts
-from fastcam.compare.scoring import RcpVerdict, Score, rcp_verdict, score
+from fastcam.compare.scoring import STEP_TIME, RcpVerdict, Score, rcp_verdict, scenario_of, score
 from fastcam.compare.table import (
+    PRECISION,
     Group,
     Table,
     lr_text,
@@ -63,7 +66,7 @@ def esif_table(scored: list[Scored]) -> Table:
 SCENARIO_COLUMNS = ["Run Type", "Scenario", "Nodes used", "Replicate", "Accelerators per node", "Total Accelerators",
                     "Local Batch Size", "LR Scheduler", "Start LR", "Optimizer", "Median timing per epoch (minutes)",
                     "Total Time Required (minutes)", "Epochs Required", "Data staged",
-                    "Median time per training step (s)"]
+                    "Median time per training step (s)", PRECISION]
 
 
 def scenario_table(groups: list[Group], profile: Any) -> Table:
@@ -72,35 +75,19 @@ def scenario_table(groups: list[Group], profile: Any) -> Table:
         runs = sorted(group.runs, key=lambda r: r.run_start_ms or 0.0)
         for replicate, run in enumerate(runs, start=1):
             name = scenario_of(run, profile)
-            per_step = name is not None and profile.scenarios[name]["metric"] == "median_step_time"
+            per_step = name is not None and profile.scenarios[name]["metric"] == STEP_TIME
             rows.append([
                 run.run_type, name or "?", num_text(run.nodes), str(replicate), num_text(run.accelerators_per_node),
                 num_text(run.devices), num_text(run.local_batch_size), schedule_text(run), lr_text(run.start_lr),
                 optimizer_text(run), _minutes(run.median_epoch_minutes),
                 _minutes(run.esif_total_minutes) if run.reached else "not reached",
                 str(run.epochs_to_target) if run.reached else "not reached", "yes" if run.staged else "no",
-                _seconds(run.median_step_seconds) if per_step else ""])
+                _seconds(run.median_step_seconds) if per_step else "", run.precision_label])
     return Table(SCENARIO_COLUMNS, rows)
 
 
-def scenario_of(run: RunFacts, profile: Any) -> str | None:
-    """The profile scenario a run belongs to: the one it logged, else the one its
-    batch sizes and kind of measurement fit (per-step timing without
-    convergence, or time to target)."""
-    scenarios = dict(profile.scenarios)
-    if run.scenario in scenarios:
-        return run.scenario
-    fitting = [name for name, s in scenarios.items()
-               if s["global_batch_size"] in (None, run.global_batch_size)
-               and s["local_batch_size"] in (None, run.local_batch_size)]
-    timing_only = bool(run.step_seconds) and not run.reached
-    preferred = [n for n in fitting if (scenarios[n]["metric"] == "median_step_time") == timing_only]
-    chosen = preferred
-    return chosen[0] if len(chosen) == 1 else None
-
-
-MLPERF_COLUMNS = ["Submitter", "System", "Division", "Run Type", "Nodes", "Accelerators", "Global batch", "Runs",
-                  "Converged", "Olympic mean (minutes)", "RCP factor", "Score (minutes)", "Median (minutes)",
+MLPERF_COLUMNS = ["Submitter", "System", "Division", "Run Type", "Nodes", "Accelerators", "Global batch", PRECISION,
+                  "Runs", "Converged", "Olympic mean (minutes)", "RCP factor", "Score (minutes)", "Median (minutes)",
                   "RCP check", "Notes"]
 
 
@@ -109,8 +96,8 @@ def mlperf_table(scored: list[Scored], profile: Any) -> Table:
     for s in scored:
         run = s.group.first
         rows.append([run.org or "?", run.platform or "?", run.division or "?", run.run_type, num_text(run.nodes),
-                     num_text(run.devices), num_text(run.global_batch_size), str(s.score.runs), str(s.score.converged),
-                     _minutes(s.score.olympic_mean_minutes),
+                     num_text(run.devices), num_text(run.global_batch_size), s.group.precision, str(s.score.runs),
+                     str(s.score.converged), _minutes(s.score.olympic_mean_minutes),
                      "n/a" if s.score.rcp_factor is None else f"{s.score.rcp_factor:.3f}",
                      _minutes(s.score.minutes), _minutes(s.score.median_minutes), s.rcp.text, s.score.note])
     return Table(MLPERF_COLUMNS, rows)

@@ -29,8 +29,14 @@ Definitions (the issue's, applied to every log format alike):
   ``epoch_stop`` intervals (evaluation inside them, as the reference logs),
   up to the epoch that reached the target; the median interval is its
   "median timing per epoch".
-- step time: per-step ``train_loss`` records (``logging_frequency`` > 0) give
-  seconds per optimizer step between consecutive records of one epoch.
+- step time (the ESIF scenario draft's "median time per training step"):
+  from per-step ``train_loss`` records (``logging_frequency`` N > 0), the time
+  between two consecutive records of one epoch divided by the optimizer steps
+  between them (N); never across an epoch or evaluation boundary (see
+  :func:`_step_seconds` for exactly what is measured). The run's median over
+  those intervals is the *Median step (ms)*; a log with per-epoch records only
+  has none.
+- precision: :func:`fastcam.compare.runtype.precision_text`.
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ from typing import Any
 
 from fastcam import logkeys
 from fastcam.compare.logs import LogEvent, RunLog
-from fastcam.compare.runtype import classify, logged_precision
+from fastcam.compare.runtype import classify, logged_precision, precision_text
 from fastcam.errors import DataError
 
 DEFAULT_TARGET = 0.82
@@ -95,7 +101,8 @@ class RunFacts:
     run_type_reason: str = ""
     seed: int | None = None
     parts: list[Path] = field(default_factory=list)  # the logs of a resumed run, first segment first
-    precision: str | None = None
+    precision: str | None = None  # fp32 | fp16 | bf16 (the profile's names; another tool's value as logged)
+    precision_label: str = "unknown"  # the Precision cell: "fp32", "AMP bf16", "fp32, fp16 inputs", ...
     staged: bool = False  # staging_start logged
     scenario: str | None = None  # logged fastcam_scenario
     division: str | None = None
@@ -122,6 +129,12 @@ class RunFacts:
         return statistics.median(self.step_seconds) if self.step_seconds else None
 
     @property
+    def median_step_ms(self) -> float | None:
+        """Median time per training step in milliseconds; None for a log without per-step records."""
+        seconds = self.median_step_seconds
+        return None if seconds is None else seconds * 1000.0
+
+    @property
     def devices(self) -> int | None:
         """Accelerators in use, or processes for a run without accelerators."""
         if self.nodes and self.accelerators_per_node:
@@ -141,7 +154,8 @@ class RunFacts:
 
     @property
     def label(self) -> str:
-        return f"{self.run_type} {self.path.stem}"
+        """A plot legend's entry: run type, file, precision."""
+        return f"{self.run_type} {self.path.stem} ({self.precision_label})"
 
 
 def run_facts(log: RunLog, *, run_type: str | None = None, target: float | None = None,
@@ -185,7 +199,8 @@ def run_facts(log: RunLog, *, run_type: str | None = None, target: float | None 
         epochs_run=len(points), total_minutes=_minutes(run_start, end),
         status=str(run_stop.metadata.get("status", "unknown")) if run_stop else "incomplete",
         epochs=points, run_type_reason=kind.reason, seed=_int(log, logkeys.SEED), parts=list(log.parts),
-        precision=logged_precision(log), staged=log.first(logkeys.STAGING_START) is not None,
+        precision=logged_precision(log), precision_label=precision_text(log),
+        staged=log.first(logkeys.STAGING_START) is not None,
         scenario=_str(log, SCENARIO_KEY), division=_str(log, logkeys.SUBMISSION_DIVISION),
         step_seconds=_step_seconds(log), run_start_ms=run_start.time_ms)
 
@@ -198,16 +213,47 @@ def resolve_target(log: RunLog) -> float:
     return DEFAULT_TARGET
 
 
+# Records that end a chain of step records: the time across them is not training steps.
+_STEP_BOUNDARIES = frozenset({logkeys.RUN_START, logkeys.RUN_STOP, logkeys.EPOCH_START, logkeys.EPOCH_STOP,
+                              logkeys.EVAL_START, logkeys.EVAL_STOP, logkeys.STAGING_START, logkeys.STAGING_STOP,
+                              logkeys.INIT_START, logkeys.INIT_STOP})
+
+
 def _step_seconds(log: RunLog) -> list[float]:
-    """Seconds per optimizer step between consecutive per-step records of one epoch."""
-    records = [e for e in log.all(logkeys.TRAIN_LOSS)
-               if isinstance(e.metadata.get(logkeys.STEP_NUM), int)
-               and isinstance(e.metadata.get(logkeys.EPOCH_NUM), int)]
-    out = []
-    for a, b in zip(records, records[1:]):
-        steps = b.metadata[logkeys.STEP_NUM] - a.metadata[logkeys.STEP_NUM]
-        if a.metadata[logkeys.EPOCH_NUM] == b.metadata[logkeys.EPOCH_NUM] and steps > 0:
-            out.append((b.time_ms - a.time_ms) / 1000.0 / steps)
+    """Seconds per optimizer step between consecutive per-step records of one epoch.
+
+    What is measured: fastcam (MLPerfRecorder.on_step_logged, as the reference's
+    trainer does) writes a step's ``train_loss`` after its optimizer update, once
+    the rank-averaged loss has reached the host, so the time from one record to
+    the next covers the later step(s) -- loading the batch, forward, backward,
+    gradient all-reduce, update and the logging itself -- and is divided by the
+    steps between the records' ``step_num`` (logging_frequency N: N steps).
+    Other tools' records are read the same way.
+    Never across a boundary: an ``epoch_*``, ``eval_*``, ``run_*``, ``init_*`` or
+    ``staging_*`` record, or another ``epoch_num``, starts a new chain. So an
+    epoch's first step (its time since ``epoch_start`` includes the loader's
+    start-up) is not counted, nor is evaluation. A record repeating the step
+    before it (fastcam's end-of-epoch record with N = 1) adds nothing.
+    """
+    out: list[float] = []
+    previous: LogEvent | None = None
+    for event in log.events:
+        if event.key in _STEP_BOUNDARIES:
+            previous = None
+            continue
+        if event.key != logkeys.TRAIN_LOSS:
+            continue
+        step = event.metadata.get(logkeys.STEP_NUM)
+        if not isinstance(step, int) or isinstance(step, bool):
+            previous = None
+            continue
+        if previous is not None and previous.metadata.get(logkeys.EPOCH_NUM) == event.metadata.get(logkeys.EPOCH_NUM):
+            steps = step - previous.metadata[logkeys.STEP_NUM]
+            if steps == 0:
+                continue  # the same step logged again: its first record marks when it finished
+            if steps > 0:
+                out.append((event.time_ms - previous.time_ms) / 1000.0 / steps)
+        previous = event
     return out
 
 

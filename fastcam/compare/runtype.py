@@ -16,6 +16,16 @@ say which it is, so the type follows from what it logged:
 
 A hyperparameter the log does not record counts as a difference: a baseline
 claim needs the evidence. ``--type FILE=TYPE`` overrides all of this.
+
+Precision, as the tables show it (:func:`precision_text`): how the network
+computed -- ``precision_mode`` (``fp32``, ``amp_fp16``, ``amp_bf16``, shown as
+fp32, AMP fp16, AMP bf16; another tool's value, such as NVIDIA's ``amp``,
+verbatim), else, in fastcam logs written before that key, the autocast dtype in
+``fastcam_execution`` (fp32, fp16, bf16: the same three texts), else
+"unknown" -- and ", fp16 inputs" where the stage cache fed float16 inputs
+(``fastcam_stage_dtype`` fp16; in those older logs, ``fastcam_loader`` staged
+or dali, which always stored float16). Float16 inputs count as reduced
+precision for the baseline comparison as well.
 """
 
 from __future__ import annotations
@@ -30,17 +40,25 @@ from fastcam import logkeys, schema
 from fastcam.compare.logs import RunLog
 from fastcam.config import Hyperparameters, canonical_optimizer
 from fastcam.errors import ConfigError
+from fastcam.rules import REDUCED_PRECISIONS
 
 RUN_TYPES = ("baseline", "ported", "optimized", "open")
 # fastcam config field -> the log key the reference writes for it, from the
 # config's declaration (the schedule's keys are compared apart, by type).
 _LOG_KEYS = {name: p.log_key for name, p in schema.params(Hyperparameters)
              if p.log_key is not None and name != "lr_schedule"}
-PRECISION_MODE = "precision_mode"  # NVIDIA's key (and fastcam's, issue 15)
-# Spellings seen in logs -> the profile's names. NVIDIA's DeepCAM logs "amp" for
-# its fp16 autocast + GradScaler mode (mlcommons/hpc_results_v3.0 NVIDIA result files).
-_PRECISION_NAMES = {"amp": "fp16", "mixed": "fp16", "float16": "fp16", "half": "fp16", "bfloat16": "bf16",
+# Spellings seen in logs -> the profile's names: fastcam's (and NVIDIA's) precision_mode
+# values amp_fp16 / amp_bf16; NVIDIA's DeepCAM logs "amp" for its fp16 autocast +
+# GradScaler mode (mlcommons/hpc_results_v3.0 NVIDIA result files).
+_PRECISION_NAMES = {**{mode: name for name, mode in logkeys.PRECISION_MODES.items()},
+                    "amp": "fp16", "mixed": "fp16", "float16": "fp16", "half": "fp16", "bfloat16": "bf16",
                     "float32": "fp32"}
+# precision_mode value -> the tables' text; other values are shown as logged.
+_PRECISION_TEXT = {logkeys.PRECISION_MODES["fp32"]: "fp32", logkeys.PRECISION_MODES["fp16"]: "AMP fp16",
+                   logkeys.PRECISION_MODES["bf16"]: "AMP bf16"}
+UNKNOWN_PRECISION = "unknown"
+# Before fastcam_stage_dtype was logged, these loaders always stored float16 inputs.
+_FP16_STAGE_LOADERS = ("staged", "dali")
 # Relative tolerance for logged floats: NVIDIA logs float32 values (0.0020000000949949026).
 _REL_TOL = 1e-6
 _SHOWN_DIFFERENCES = 2
@@ -98,19 +116,57 @@ def baseline_differences(log: RunLog, profile: Any) -> list[str]:
     used = logged_precision(log)
     if allowed and used is not None and used not in allowed:
         out.append(f"precision {used} (baseline allows {', '.join(allowed)})")
+    inputs = logged_stage_dtype(log)
+    if allowed and inputs not in (None, "fp32") and not any(p in allowed for p in REDUCED_PRECISIONS):
+        out.append(f"{inputs} inputs from the stage cache (baseline allows {', '.join(allowed)})")
     return out
 
 
 def logged_precision(log: RunLog) -> str | None:
-    """``fp32``, ``fp16``, ``bf16`` or ``amp`` as the log records it; None when it does not."""
-    value = log.value(PRECISION_MODE)
-    if value is None:
-        execution = log.value(logkeys.FASTCAM_EXECUTION)
-        value = execution.get("precision") if isinstance(execution, Mapping) else None
+    """``fp32``, ``fp16`` or ``bf16`` (another tool's unknown value lower-cased) as the
+    log records it; None when it does not."""
+    value = _compute_precision(log)
     if value is None:
         return None
     name = str(value).lower()
     return _PRECISION_NAMES.get(name, name)
+
+
+def logged_stage_dtype(log: RunLog) -> str | None:
+    """The dtype the stage cache fed the network (``fp16``, ``fp32``), None when no
+    cache fed it or the log does not say: ``fastcam_stage_dtype``; in a fastcam log
+    from before that key and ``precision_mode`` (a log that has ``precision_mode``
+    logs the stage dtype whenever a cache is used), fp16 for the staged and DALI loaders."""
+    value = log.value(logkeys.FASTCAM_STAGE_DTYPE)
+    if value is not None:
+        return str(value)
+    if log.value(logkeys.PRECISION_MODE) is None and log.value(logkeys.FASTCAM_LOADER) in _FP16_STAGE_LOADERS:
+        return "fp16"
+    return None
+
+
+def precision_text(log: RunLog) -> str:
+    """The Precision cell: "fp32", "AMP fp16", "AMP bf16" (another tool's
+    ``precision_mode`` verbatim, "unknown" without one), plus ", fp16 inputs" where
+    the stage cache stored float16 (another non-fp32 stage dtype likewise)."""
+    mode = log.value(logkeys.PRECISION_MODE)
+    if mode is not None:
+        text = _PRECISION_TEXT.get(str(mode), str(mode))
+    else:
+        old = _compute_precision(log)  # fastcam_execution's autocast dtype: fp32 | fp16 | bf16
+        text = UNKNOWN_PRECISION if old is None else _PRECISION_TEXT.get(
+            logkeys.PRECISION_MODES.get(str(old), ""), str(old))
+    inputs = logged_stage_dtype(log)
+    return text if inputs in (None, "fp32") else f"{text}, {inputs} inputs"
+
+
+def _compute_precision(log: RunLog):
+    """``precision_mode`` as logged, else fastcam_execution's ``precision`` (older fastcam logs)."""
+    value = log.value(logkeys.PRECISION_MODE)
+    if value is None:
+        execution = log.value(logkeys.FASTCAM_EXECUTION)
+        value = execution.get("precision") if isinstance(execution, Mapping) else None
+    return value
 
 
 def baseline_precisions(profile: Any) -> tuple[str, ...]:

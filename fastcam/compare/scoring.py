@@ -11,6 +11,14 @@
 - ``median`` (ESIF replicates): the median of the converged replicates' times.
 - ``single``: one run's time (the median, when repeats were given anyway).
 
+The metric: time to target, except for runs of a profile scenario whose metric
+is ``median_step_time`` (``esif-2026-05`` Scenario 1; the scenario a run belongs
+to is :func:`scenario_of`'s): their value is the median over the runs of each
+run's median time per training step (``median_step_ms``, from per-step
+records), whatever the profile's ``scoring``; no RCP applies, and a scenario
+the profile marks ``scored: false`` says so in the note. ``median_step_ms`` is
+reported for every set of runs that logged per step.
+
 Times are minutes from ``run_start`` to the first evaluation at the target
 (the MLPerf summarizer reads ``run_stop``, which the reference and fastcam log
 right after that evaluation).
@@ -37,16 +45,22 @@ from fastcam.compare.runs import RunFacts
 _DROPPED = 1  # MLPerf drops one run at each end (four for unet3d, which is not ours)
 
 
+STEP_TIME = "median_step_time"  # a scenario metric (fastcam.rules.parse.SCENARIO_METRICS)
+TIME_TO_TARGET = "time_to_target"
+
+
 @dataclass(frozen=True)
 class Score:
     method: str
-    minutes: float | None  # the score the profile asks for (RCP-normalised for olympic_mean)
+    minutes: float | None  # the time-to-target score the profile asks for (RCP-normalised for olympic_mean)
     median_minutes: float | None
     olympic_mean_minutes: float | None
     rcp_factor: float | None
     runs: int
     converged: int
     note: str  # why there is no score, or what limits it; "" when complete
+    metric: str = TIME_TO_TARGET  # or STEP_TIME: then median_step_ms is the score and minutes is None
+    median_step_ms: float | None = None  # median of the runs' median step times (per-step logs only)
 
 
 @dataclass(frozen=True)
@@ -57,11 +71,39 @@ class RcpVerdict:
     point: rcp.ConvergencePoint | None = None
 
 
+def scenario_of(run: RunFacts, profile: Any) -> str | None:
+    """The profile scenario a run belongs to: the one it logged, else the one its
+    batch sizes and kind of measurement fit (per-step timing without
+    convergence, or time to target)."""
+    scenarios = dict(getattr(profile, "scenarios", None) or {})
+    if run.scenario in scenarios:
+        return run.scenario
+    fitting = [name for name, s in scenarios.items()
+               if s["global_batch_size"] in (None, run.global_batch_size)
+               and s["local_batch_size"] in (None, run.local_batch_size)]
+    timing_only = bool(run.step_seconds) and not run.reached
+    preferred = [n for n in fitting if (scenarios[n]["metric"] == STEP_TIME) == timing_only]
+    return preferred[0] if len(preferred) == 1 else None
+
+
+def metric_of(runs: list[RunFacts], profile: Any) -> tuple[str, str | None]:
+    """(metric, scenario): the scenario's metric when all the runs belong to one, else time to target."""
+    names = {scenario_of(r, profile) for r in runs}
+    if len(names) == 1 and (name := names.pop()) is not None:
+        return profile.scenarios[name]["metric"], name
+    return TIME_TO_TARGET, None
+
+
 def score(runs: list[RunFacts], profile: Any) -> Score:
     method = profile.scoring
     times = [r.minutes_to_target for r in runs if r.minutes_to_target is not None]
     unconverged = len(runs) - len(times)
     median = statistics.median(times) if times else None
+    steps = [r.median_step_ms for r in runs if r.median_step_ms is not None]
+    median_step = statistics.median(steps) if steps else None
+    metric, scenario = metric_of(runs, profile)
+    if metric == STEP_TIME:
+        return _step_score(runs, profile, scenario, median, len(times), median_step)
     olympic = olympic_mean(times, unconverged)
     verdict = rcp_verdict(runs, profile)
     factor = None
@@ -81,7 +123,24 @@ def score(runs: list[RunFacts], profile: Any) -> Score:
     else:
         value = None if unconverged > profile.max_unconverged and method == "median" else median
     # With another number of runs than the profile's the value is still shown, the note says it is not a score.
-    return Score(method, value, median, olympic, factor, len(runs), len(times), "; ".join(notes))
+    return Score(method, value, median, olympic, factor, len(runs), len(times), "; ".join(notes),
+                 TIME_TO_TARGET, median_step)
+
+
+def _step_score(runs: list[RunFacts], profile: Any, scenario: str, median_minutes: float | None, converged: int,
+                median_step: float | None) -> Score:
+    """A timing scenario: the median of the runs' median step times; convergence is not asked for."""
+    spec = profile.scenarios[scenario]
+    notes = []
+    if median_step is None:
+        notes.append("no per-step records (the runs logged per epoch: logging_frequency 0)")
+    replicates = spec.get("replicates") or profile.replicates
+    if len(runs) != replicates:
+        notes.append(f"{profile.name} scenario {scenario} times {replicates} run(s), {len(runs)} given")
+    if not spec.get("scored", True):
+        notes.append(f"scenario {scenario} is reported, not scored, under {profile.name}")
+    return Score(profile.scoring, None, median_minutes, None, None, len(runs), converged, "; ".join(notes),
+                 STEP_TIME, median_step)
 
 
 def olympic_mean(times: list[float], unconverged: int = 0) -> float | None:
@@ -95,6 +154,9 @@ def olympic_mean(times: list[float], unconverged: int = 0) -> float | None:
 
 
 def rcp_verdict(runs: list[RunFacts], profile: Any) -> RcpVerdict:
+    metric, scenario = metric_of(runs, profile)
+    if metric == STEP_TIME:
+        return RcpVerdict(None, f"n/a: scenario {scenario} times steps, it does not converge")
     batches = {r.global_batch_size for r in runs}
     if len(batches) != 1 or None in batches:
         return RcpVerdict(False, "fail: the runs' global batch sizes differ or are not logged")

@@ -1,11 +1,21 @@
 """The benchmark's results table, from the facts of many runs.
 
 Runs with the same configuration (run type, target, nodes, accelerators per
-node, local batch, optimizer, start LR, weight decay, LR schedule) form one
-group: repeated runs, or the N / 2N / 4N runs of a scaling set (each node
-count its own group). A group reports the median, min and max of its runs' minutes to
+node, local batch, optimizer, start LR, weight decay, LR schedule, precision)
+form one group: repeated runs, or the N / 2N / 4N runs of a scaling set (each
+node count its own group). A group reports the median, min and max of its runs' minutes to
 target over the runs that reached it (with how many did), the median epochs,
-and the median throughput.
+the median throughput and the median of the runs' median step times.
+
+- precision: the *Precision* column (:func:`fastcam.compare.runtype.precision_text`,
+  e.g. "fp32", "AMP bf16", "fp32, fp16 inputs"). Runs that computed in different
+  precisions are different configurations, not repeats: an fp16 run is faster for
+  a reason the other columns do not show, so a shared median, speedup or score
+  would hide it. Grouping therefore splits them into rows of their own (a group
+  built otherwise would show "mixed").
+- median step (ms): per run, the median time per training step of its per-step
+  records (:mod:`fastcam.compare.runs`); the group's is the median over the runs
+  that have one; blank for logs with per-epoch records only.
 
 - speedup: the baseline's median minutes to target over the group's. The
   baseline is the baseline group with the same target, nodes and
@@ -67,6 +77,17 @@ class Group:
         rates = [r.samples_per_s_per_device for r in self.runs if r.samples_per_s_per_device is not None]
         return statistics.median(rates) if rates else None
 
+    @property
+    def median_step_ms(self) -> float | None:
+        steps = [r.median_step_ms for r in self.runs if r.median_step_ms is not None]
+        return statistics.median(steps) if steps else None
+
+    @property
+    def precision(self) -> str:
+        """The runs' Precision text; "mixed (...)" if they differ (group_runs never puts such runs together)."""
+        labels = sorted({r.precision_label for r in self.runs})
+        return labels[0] if len(labels) == 1 else f"mixed ({'; '.join(labels)})"
+
 
 @dataclass
 class Table:
@@ -77,8 +98,9 @@ class Table:
 def configuration(run: RunFacts) -> tuple:
     """What makes two runs repeats of one configuration."""
     # Ranks too: CPU runs log 0 accelerators per node, so nodes alone cannot tell 1 from 2 processes.
+    # Precision too: runs in different precisions are not repeats of one another (module docstring).
     return (run.run_type, run.target, run.nodes, run.accelerators_per_node, run.ranks, run.local_batch_size,
-            run.optimizer, run.start_lr, run.weight_decay, schedule_text(run))
+            run.optimizer, run.start_lr, run.weight_decay, schedule_text(run), run.precision_label)
 
 
 def group_runs(runs: list[RunFacts], checks: dict | None = None) -> list[Group]:
@@ -182,6 +204,13 @@ def minutes_text(minutes: float) -> str:
     return f"{minutes:.0f}" if minutes >= 100 else f"{minutes:.3g}"
 
 
+def step_ms_text(ms: float | None) -> str:
+    """A median step time: three significant digits, whole milliseconds from 100; blank without one."""
+    if ms is None:
+        return ""
+    return f"{ms:.0f}" if ms >= 100 else f"{ms:.3g}"
+
+
 def epochs_text(group: Group) -> str:
     epochs = group.median_epochs
     if epochs is None:
@@ -215,9 +244,11 @@ def _opt(value: float | None, fmt: str) -> str:
 
 # ---- tables ---------------------------------------------------------------
 
+PRECISION = "Precision"
+MEDIAN_STEP = "Median step (ms)"
 SUMMARY_COLUMNS = ["Run Type", "Nodes used", "Accelerators per node", "Local Batch Size", "LR Scheduler",
-                   "Start LR", "Optimizer", "Time Required (minutes)", "Epochs Required", "Runs",
-                   "Speedup vs baseline", "Throughput (samples/s)", "per accelerator (samples/s)",
+                   "Start LR", "Optimizer", "Time Required (minutes)", "Epochs Required", PRECISION, "Runs",
+                   "Speedup vs baseline", "Throughput (samples/s)", "per accelerator (samples/s)", MEDIAN_STEP,
                    "Scaling efficiency", "Compliance"]
 
 
@@ -229,9 +260,10 @@ def summary_table(groups: list[Group]) -> Table:
         rows.append([
             run.run_type, num_text(run.nodes), num_text(run.accelerators_per_node), num_text(run.local_batch_size),
             schedule_text(run), lr_text(run.start_lr), optimizer_text(run), time_text(group),
-            epochs_text(group), str(len(group.runs)), _opt(group.speedup, ".2f") + ("x" if group.speedup else ""),
+            epochs_text(group), group.precision, str(len(group.runs)),
+            _opt(group.speedup, ".2f") + ("x" if group.speedup else ""),
             _opt(group.median_samples_per_s, ".2f"), _opt(group.median_samples_per_s_per_device, ".2f"),
-            _opt(group.scaling_efficiency, ".2f"), group_compliance_text(group)])
+            step_ms_text(group.median_step_ms), _opt(group.scaling_efficiency, ".2f"), group_compliance_text(group)])
     return Table(SUMMARY_COLUMNS, rows)
 
 
@@ -240,10 +272,12 @@ def optimizer_text(run: RunFacts) -> str:
     return name if run.weight_decay is None else f"{name} (wd {run.weight_decay:g})"
 
 
+# Raw columns, snake_case for spreadsheets: "precision" holds the Precision text,
+# "median_step_ms" the Median step (ms), empty for per-epoch logs.
 RUN_COLUMNS = ["log", "run_type", "nodes", "accelerators_per_node", "local_batch_size", "global_batch_size",
-               "lr_scheduler", "start_lr", "optimizer", "weight_decay", "target", "reached",
+               "lr_scheduler", "start_lr", "optimizer", "weight_decay", "precision", "target", "reached",
                "minutes_to_target", "epochs_to_target", "best_accuracy", "epochs_run", "total_minutes",
-               "status", "samples_per_s", "samples_per_s_per_accelerator", "group_runs",
+               "status", "samples_per_s", "samples_per_s_per_accelerator", "median_step_ms", "group_runs",
                "group_median_minutes", "group_min_minutes", "group_max_minutes", "speedup",
                "scaling_efficiency", "time_scaling_efficiency", "compliance"]
 
@@ -257,10 +291,11 @@ def runs_table(groups: list[Group]) -> Table:
             rows.append([
                 str(run.path), run.run_type, _raw(run.nodes), _raw(run.accelerators_per_node),
                 _raw(run.local_batch_size), _raw(run.global_batch_size), schedule_text(run), _raw(run.start_lr),
-                run.optimizer or "", _raw(run.weight_decay), _raw(run.target), str(run.reached).lower(),
-                _raw(run.minutes_to_target), _raw(run.epochs_to_target), _raw(run.best_accuracy),
-                _raw(run.epochs_run), _raw(run.total_minutes), run.status, _raw(run.samples_per_s),
-                _raw(run.samples_per_s_per_device), str(len(group.runs)), _raw(group.median_minutes),
+                run.optimizer or "", _raw(run.weight_decay), run.precision_label, _raw(run.target),
+                str(run.reached).lower(), _raw(run.minutes_to_target), _raw(run.epochs_to_target),
+                _raw(run.best_accuracy), _raw(run.epochs_run), _raw(run.total_minutes), run.status,
+                _raw(run.samples_per_s), _raw(run.samples_per_s_per_device), _raw(run.median_step_ms),
+                str(len(group.runs)), _raw(group.median_minutes),
                 _raw(min(minutes) if minutes else None), _raw(max(minutes) if minutes else None),
                 _raw(group.speedup), _raw(group.scaling_efficiency), _raw(group.time_scaling_efficiency),
                 compliance_text(check)])
