@@ -26,7 +26,6 @@ import argparse
 import itertools
 import json
 import platform
-import resource
 import tempfile
 import time
 from pathlib import Path
@@ -91,8 +90,8 @@ def measure(args, parts, configs) -> dict:
     import torch
 
     from fastcam import __version__
+    from fastcam.accelerator import resolve_device
     from fastcam.distributed import init_distributed
-    from fastcam.train.execution import resolve_device
 
     any_config = next(iter(configs.values()))
     device = resolve_device(any_config.run.device)
@@ -213,6 +212,7 @@ def _drain(loader, device, limit: int) -> tuple[int, float]:
 
 
 def _bench_loaders(config, ctx, device, data: Path, staged_root: Path, args) -> dict:
+    from fastcam.accelerator import pin_memory
     from fastcam.data.reader import build_reference_loaders
     from fastcam.data.stage import stage_dataset
     from fastcam.data.staged import StagedLoader
@@ -222,7 +222,7 @@ def _bench_loaders(config, ctx, device, data: Path, staged_root: Path, args) -> 
     batch, workers = config.hyperparameters.local_batch_size, config.run.max_inter_threads
     out = {}
     reference = build_reference_loaders(data, local_batch_size=batch, workers=workers,
-                                        pin_memory=device.type == "cuda")
+                                        pin_memory=pin_memory(device))
     samples, seconds = _drain(reference.train, device, args.steps)
     out["hdf5"] = {"samples_per_s": samples / seconds, "note": f"{min(workers, batch)} workers"}
     start = time.perf_counter()
@@ -293,34 +293,28 @@ def _split(text: str, allowed, flag: str) -> list[str]:
     return items
 
 
+# Device-generic through fastcam.accelerator, imported late like torch (the CLI starts fast).
 def _device_name(device) -> str:
-    import torch
+    from fastcam.accelerator import device_name
 
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    from fastcam.distributed import cpu_model
-
-    return f"CPU: {cpu_model()}"
+    return device_name(device)
 
 
 def _sync(device) -> None:
-    import torch
+    from fastcam.accelerator import synchronize
 
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    synchronize(device)
 
 
 def _reset_peak(device) -> None:
-    import torch
+    from fastcam.accelerator import reset_peak_memory
 
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    reset_peak_memory(device)
 
 
 def _peak_gb(device):
-    import torch
+    """Peak tensor memory on an accelerator; on the CPU the process's peak resident set."""
+    from fastcam.accelerator import peak_memory_bytes
 
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 1e9
-    # CPU: the process's peak resident set (includes everything loaded so far).
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    peak = peak_memory_bytes(device)
+    return None if peak is None else peak / 1e9

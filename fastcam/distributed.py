@@ -13,7 +13,6 @@ ids on CPU, and uses gloo whenever it runs on CPU whatever the method is called.
 from __future__ import annotations
 
 import os
-import platform
 import re
 import socket
 from collections.abc import Mapping
@@ -28,6 +27,8 @@ from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parallel import DistributedDataParallel
 
+from fastcam import accelerator
+from fastcam.accelerator import cpu_model  # noqa: F401 -- moved there; still importable from here
 from fastcam.errors import ConfigError
 
 DEFAULT_MASTER_PORT = 29500  # the reference's (and torch's) default
@@ -90,12 +91,9 @@ def detect_method(environ: Mapping[str, str] | None = None) -> str:
 
 
 def select_backend(device_type: str) -> str:
-    """nccl for CUDA, gloo on CPU -- whatever the wire-up method is called."""
-    if device_type == "cuda":
-        return "nccl"
-    if device_type == "cpu":
-        return "gloo"
-    raise ConfigError(f"device type must be 'cuda' or 'cpu', not {device_type!r}")
+    """The backend follows the device, whatever the wire-up method is called:
+    nccl on CUDA and ROCm, xccl on XPU, gloo on CPU (fastcam.accelerator.distributed_backend)."""
+    return accelerator.distributed_backend(device_type)
 
 
 def _require(env: Mapping[str, str], name: str, method: str) -> str:
@@ -223,8 +221,8 @@ def init_distributed(
     ``wait_timeout``, a second (gloo) group with that timeout serves
     :func:`barrier`'s ``long_wait``, so a short collective timeout still lets
     a rank wait hours for the others' staging. ``master_port`` overrides MASTER_PORT (default 29500) except for ``env``,
-    where torchrun owns the rendezvous store. On CUDA the current device is
-    set to the local rank (modulo visible devices) before the group exists.
+    where torchrun owns the rendezvous store. On an accelerator the current device
+    is set to the local rank (modulo visible devices) before the group exists.
     """
     if method not in METHODS:
         raise ConfigError(f"unknown distributed method {method!r}; choose one of {', '.join(METHODS)}")
@@ -243,11 +241,12 @@ def init_distributed(
         )
     local_size = min(max(wiring.local_size or wiring.world_size, 1), wiring.world_size)
     local_rank = wiring.local_rank if wiring.local_rank is not None else wiring.rank % local_size
-    if device_type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("device type 'cuda' was requested but no CUDA device is available")
-        # As the reference's get_local_rank: works with all GPUs visible or one per rank.
-        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+    device = None
+    if device_type != "cpu":
+        # As the reference's get_local_rank: works with all GPUs visible or one per rank
+        # (resolve_device raises the one-line ConfigError where none is available).
+        device = accelerator.resolve_device(device_type, local_rank)
+        accelerator.set_current(device)
     if wiring.world_size > 1:
         init_method = "env://" if resolved == "env" else _tcp_url(wiring.master_addr or "", wiring.master_port)
         kwargs: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
@@ -259,7 +258,8 @@ def init_distributed(
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise ConfigError(f"wire-up {resolved!r} failed: rank {wiring.rank} of {wiring.world_size} could not "
                               f"join the process group at {init_method} ({first})") from None
-        barrier_ids = [torch.cuda.current_device()] if backend == "nccl" else None
+        # barrier's device_ids pick the device of its one-element all-reduce (not for gloo).
+        barrier_ids = [accelerator.current_index(device)] if device is not None else None
         dist.barrier(device_ids=barrier_ids)  # the reference's barrier: all ranks are up before anything else
     wait_group = None
     if wiring.world_size > 1 and wait_timeout is not None:
@@ -290,7 +290,15 @@ def barrier(ctx: DistContext, long_wait: bool = False) -> None:
     if long_wait and ctx.wait_group is not None:
         dist.barrier(group=ctx.wait_group)
     else:
-        dist.barrier(device_ids=[torch.cuda.current_device()] if ctx.backend == "nccl" else None)
+        dist.barrier(device_ids=_barrier_ids(ctx.backend))
+
+
+def _barrier_ids(backend: str | None) -> list[int] | None:
+    """This rank's current device for a barrier on a device backend (nccl, xccl)."""
+    if backend in (None, "gloo"):
+        return None
+    device_type = "xpu" if backend == "xccl" else "cuda"
+    return [accelerator.current_index(torch.device(device_type))]
 
 
 def is_timeout(err: BaseException) -> bool:
@@ -332,8 +340,8 @@ def wrap_model(model: nn.Module, ctx: DistContext, device: torch.device, bn_grou
     if not ctx.is_distributed:
         return model
     device_ids = None  # DDP rejects device ids for CPU modules
-    if device.type == "cuda":
-        device_ids = [device.index if device.index is not None else torch.cuda.current_device()]
+    if device.type != "cpu":
+        device_ids = [accelerator.current_index(device)]
     return DistributedDataParallel(
         model,
         device_ids=device_ids,
@@ -371,10 +379,10 @@ def convert_batchnorm(model: nn.Module, ctx: DistContext, group_size: int, devic
     batchnorm_group_ranks(ctx.world_size, group_size)  # validates before any collective call
     if group_size == 1:
         return model
-    if device.type != "cuda":
+    if device.type == "cpu":  # torch's SyncBatchNorm.forward accepts cuda, hpu, xpu and privateuse1 inputs
         raise ConfigError(
-            f"batchnorm group size {group_size} needs SyncBatchNorm, which PyTorch supports only on CUDA; "
-            "use batchnorm group size 1 on CPU"
+            f"batchnorm group size {group_size} needs SyncBatchNorm, which PyTorch supports only on CUDA, "
+            "ROCm or XPU devices; use batchnorm group size 1 on CPU"
         )
     return nn.SyncBatchNorm.convert_sync_batchnorm(model, process_group=create_batchnorm_group(ctx, group_size))
 
@@ -398,21 +406,11 @@ def average_batchnorm_stats(model: nn.Module, ctx: DistContext) -> None:
                 stat.copy_(averaged)
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for line in cpuinfo:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
-
-
 def describe_platform(ctx: DistContext, device: torch.device) -> str:
-    """The ``submission_platform`` string, e.g. '4 nodes x 4 NVIDIA H100 80GB HBM3'."""
+    """The ``submission_platform`` string, e.g. '4 nodes x 4 NVIDIA H100 80GB HBM3'
+    (an AMD or Intel GPU likewise, by its device name)."""
     nodes = f"{ctx.num_nodes} node{'s' if ctx.num_nodes != 1 else ''}"
-    if device.type == "cuda":
-        return f"{nodes} x {ctx.local_size} {torch.cuda.get_device_name(device)}"
+    if device.type != "cpu":
+        return f"{nodes} x {ctx.local_size} {accelerator.device_name(device)}"
     processes = f"{ctx.local_size} process{'es' if ctx.local_size != 1 else ''}"
-    return f"{nodes} x {processes}, CPU: {cpu_model()}"
+    return f"{nodes} x {processes}, {accelerator.device_name(device)}"

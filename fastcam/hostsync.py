@@ -6,6 +6,11 @@ CUDA call (``.item()``, ``.tolist()``, a blocking copy to the host, ``nonzero``
 warnings (PyTorch docs: not every synchronising operation is covered yet, e.g.
 torch.distributed, so this is a lower bound).
 
+The sync debug mode is CUDA's only (c10/cuda; a ROCm build, whose device type
+is also ``cuda``, compiles the same code, not verified on ROCm hardware):
+torch has no generic equivalent (torch.accelerator has none, torch.xpu none).
+Every other device -- the CPU, XPU -- gets the dispatch-mode proxy instead.
+
 On the CPU nothing synchronises, so the smoke mode counts a proxy with a
 TorchDispatchMode: the aten ops whose result or output size the host must
 read (``_local_scalar_dense`` behind ``.item()``/``bool()``, ``nonzero``,
@@ -22,6 +27,8 @@ import warnings
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+
+from fastcam.accelerator import synchronize
 
 _SYNC_WARNING = "called a synchronizing"  # c10/cuda/CUDAFunctions.cpp warn_or_error_on_sync
 _HOST_READS = {"_local_scalar_dense", "nonzero", "masked_select", "_unique2", "unique_dim", "unique_consecutive"}
@@ -51,8 +58,8 @@ class SyncCount:
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> "SyncCount":
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        if self.device.type == "cuda":  # the CUDA-only sync debug mode (module docstring)
+            synchronize(self.device)
             self._caught = self._stack.enter_context(warnings.catch_warnings(record=True))
             warnings.simplefilter("always")  # count repeats, not only the first of each call site
             torch.cuda.set_sync_debug_mode("warn")

@@ -134,13 +134,14 @@ def _same_submission(logs: list[RunLog]) -> None:
 
 def system_description(log: RunLog, system: str) -> dict[str, object]:
     """Every field system_desc_checker requires, from the log, the machine, or UNKNOWN."""
-    import torch
-
-    import fastcam
+    from fastcam import accelerator
 
     accelerators = int(log.value(logkeys.ACCELERATORS_PER_NODE) or 0)
     cpu = _cpuinfo()
-    gpu = torch.cuda.get_device_name(0) if accelerators and torch.cuda.is_available() else None
+    # The packaging machine's accelerator (CUDA, ROCm or XPU) describes the runs' when they used one.
+    device = accelerator.resolve_device("auto") if accelerators else None
+    gpu = accelerator.device_name(device) if device is not None and device.type != "cpu" else None
+    versions = accelerator.software_versions(device if gpu else accelerator.resolve_device("cpu"))
     no_accelerator = "N/A (CPU run)" if accelerators == 0 else UNKNOWN
     return {
         "submitter": str(log.value(logkeys.SUBMISSION_ORG) or UNKNOWN),
@@ -167,17 +168,25 @@ def system_description(log: RunLog, system: str) -> dict[str, object]:
         "accelerator_frequency": no_accelerator,
         "accelerator_on-chip_memories": no_accelerator,
         "accelerator_memory_configuration": no_accelerator,
-        "accelerator_memory_capacity": (f"{torch.cuda.get_device_properties(0).total_memory / 2**30:.0f} GiB"
+        "accelerator_memory_capacity": (f"{accelerator.memory_capacity_bytes(device) / 2**30:.0f} GiB"
                                         if gpu else no_accelerator),
         "accelerator_interconnect": no_accelerator,
         "accelerator_interconnect_topology": no_accelerator,
         "cooling": UNKNOWN,
         "hw_notes": f"host_* fields probed by fastcam package on {platform.node() or 'this machine'}",
-        "framework": f"PyTorch {torch.__version__}" + (f", CUDA {torch.version.cuda}" if torch.version.cuda else ""),
-        "other_software_stack": f"fastcam {fastcam.__version__}, Python {platform.python_version()}",
+        "framework": _framework(versions),
+        "other_software_stack": ", ".join(f"{'Python' if name == 'python' else name} {versions[name]}"
+                                          for name in versions if name not in ("torch", "cuda", "rocm", "xpu")),
         "operating_system": platform.platform(),
         "sw_notes": f"platform logged by the runs: {log.value(logkeys.SUBMISSION_PLATFORM)}",
     }
+
+
+def _framework(versions: dict[str, str]) -> str:
+    """"PyTorch 2.13.0, CUDA 13.0" (or ROCm 7.0, XPU ...) from accelerator.software_versions."""
+    stack = [f"{label} {versions[key]}" for key, label in (("cuda", "CUDA"), ("rocm", "ROCm"), ("xpu", "XPU"))
+             if key in versions]
+    return ", ".join([f"PyTorch {versions['torch']}", *stack])
 
 
 def _cpuinfo() -> dict[str, object]:

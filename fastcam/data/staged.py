@@ -11,11 +11,14 @@ consumer's stream waits on that batch's copy event, and the device tensors are
 ``record_stream``-ed on it so the caching allocator does not reuse their
 memory while the model still reads them; a host buffer is refilled only after
 the event of its last copy completed. Labels are converted to int64 on the
-device (an eighth of the bytes cross the bus). Elsewhere (CPU) the same code
-runs without pinning and without a side stream, and the labels are converted
-to int64 in the reading threads. The CPU batches are the host buffers
-themselves, from a ring of ``prefetch + 3`` reused buffers (a fresh buffer per
-batch cost about 6x the CPU time; issue 13). Ownership: a batch's buffer is
+device (an eighth of the bytes cross the bus). This stream path uses
+torch.cuda's Stream/Event, so it serves the ``cuda`` device type only (CUDA,
+and ROCm, whose HIP build answers to torch.cuda). Elsewhere (CPU, XPU) the
+same code runs without pinning and without a side stream -- on XPU a plain
+blocking copy per batch -- and the labels are converted to int64 in the
+reading threads. The CPU batches are the host buffers themselves, from a
+ring of ``prefetch + 3`` reused buffers (a fresh buffer per batch cost about
+6x the CPU time; issue 13). Ownership: a batch's buffer is
 reused only once nothing refers to the batch any more -- its tensors, or any
 view or NumPy array of them (each batch is handed out as a new tensor aliasing
 the buffer, whose views keep it alive; the ring checks a weak reference to
@@ -139,7 +142,7 @@ class StagedLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
         order = self.order()
         batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)][:len(self)]
-        cuda = self.device.type == "cuda"
+        cuda = self.device.type == "cuda"  # the torch.cuda stream path (module docstring); XPU takes the plain one
         # A pinned host buffer is in one of: filling (prefetch), copying (one ahead), just copied.
         # CPU: filling (prefetch), ready (one ahead), held by the consumer, and the one it just dropped.
         slots: list[_HostBatch | None] = [self._allocate(self.batch_size, pinned=True)

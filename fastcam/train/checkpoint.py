@@ -4,7 +4,7 @@ The reference saves ``{"step", "epoch", "model", "optimizer"}`` (model keys
 possibly prefixed ``module.`` by DDP) as ``<prefix>_step_<N>.cpt``. fastcam
 writes the same keys, with the model in the reference's key names, so either
 tool can read the other's checkpoints, and adds ``scheduler``, ``grad_scaler``,
-``rng`` (torch CPU/CUDA, NumPy, Python) and ``config`` (the hyperparameters,
+``rng`` (torch CPU and accelerator, NumPy, Python) and ``config`` (the hyperparameters,
 checked on resume). Every field is a tensor or a plain Python value, so
 ``torch.load(path, weights_only=True)`` -- the reference's plain ``torch.load``
 since torch 2.6 -- reads a fastcam checkpoint with no extra globals. Files are
@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fastcam.accelerator import ACCELERATOR_TYPES, device_module
 from fastcam.errors import CheckpointError
 from fastcam.files import atomic_write
 from fastcam.model import load_reference_state_dict, to_reference_state_dict
@@ -38,9 +39,14 @@ def rng_state() -> dict[str, Any]:
         "numpy": _numpy_state_as_plain(np.random.get_state()),
         "python": random.getstate(),
     }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        # This rank's device only: a resumed run may see fewer devices (one per task).
-        state["cuda"] = torch.cuda.get_rng_state()
+    # The accelerator generator under its device type: "cuda" (CUDA and ROCm, so
+    # checkpoints written before issue 15 load as before), "xpu". This rank's
+    # device only (get_rng_state of the current device): a resumed run may see
+    # fewer devices (one per task). An uninitialised module has no state to save.
+    for device_type in ACCELERATOR_TYPES:
+        module = device_module(device_type)
+        if module is not None and module.is_available() and module.is_initialized():
+            state[device_type] = module.get_rng_state()
     return state
 
 
@@ -63,9 +69,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     np.random.set_state(_numpy_state_from_plain(state["numpy"]))
     random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        cuda = state["cuda"]
-        torch.cuda.set_rng_state(cuda[0] if isinstance(cuda, (list, tuple)) else cuda)
+    for device_type in ACCELERATOR_TYPES:
+        module = device_module(device_type)
+        if device_type in state and module is not None and module.is_available():
+            saved = state[device_type]  # a list (as get_rng_state_all gives): its first state
+            module.set_rng_state(saved[0] if isinstance(saved, (list, tuple)) else saved)
 
 
 def hyperparameters_record(hp) -> dict[str, Any]:

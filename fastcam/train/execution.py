@@ -15,7 +15,8 @@ this documented order:
 7. autocast + GradScaler around each step (``Execution.autocast``).
 
 Baseline mode is the reference's execution: fp32, NCHW, eager, plain optimizer,
-cuDNN autotuning on CUDA (the reference's train.py sets it), no warm-up.
+cuDNN autotuning on CUDA (the reference's train.py sets it), no warm-up. Which
+device and its defaults: fastcam.accelerator.
 """
 
 from __future__ import annotations
@@ -25,8 +26,13 @@ from dataclasses import dataclass
 
 import torch
 
+# resolve_device and cpu_has_native_bf16 live in fastcam.accelerator; re-exported
+# for the callers that still import them from here (run.py, plan.py, guard.py).
+from fastcam.accelerator import cpu_has_native_bf16, default_amp_precision, resolve_device
 from fastcam.config import Config
-from fastcam.errors import ConfigError
+
+__all__ = ["Execution", "auto_precision", "compile_model", "cpu_has_native_bf16", "place_batch", "place_model",
+           "resolve_device", "resolve_execution"]
 
 
 @dataclass(frozen=True)
@@ -64,34 +70,11 @@ class Execution:
         }
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device {name} requested but CUDA is not available")
-        if name == "cuda":
-            return torch.device("cuda", local_rank % torch.cuda.device_count())
-    return torch.device(name)
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU runs bfloat16 natively (AVX-512 BF16 / AMX through oneDNN).
-    torch has no public query; ``mkldnn._is_mkldnn_bf16_supported`` is what its
-    own CPU autocast tests use."""
-    try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
 def auto_precision(device: torch.device) -> str:
-    """``--precision auto``: fp16 + GradScaler on CUDA (fastest measured); on a CPU
-    bf16 autocast where it is native (1.62x with channels-last at 128x192 on the
-    2-core AVX-512 BF16 machine, issue 13), else fp32."""
-    if device.type == "cuda":
-        return "fp16"
-    return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
+    """``--precision auto`` on ``device``: fastcam.accelerator.default_amp_precision
+    (fp16 on CUDA, bf16 on ROCm/XPU and on CPUs with native bf16). The CPU probe
+    is looked up here, so tests can fake this module's ``cpu_has_native_bf16``."""
+    return default_amp_precision(device, native_bf16=cpu_has_native_bf16() if device.type == "cpu" else None)
 
 
 def resolve_execution(config: Config, device: torch.device) -> Execution:
@@ -100,8 +83,10 @@ def resolve_execution(config: Config, device: torch.device) -> Execution:
     if precision == "auto":
         precision = auto_precision(device)
     dtype = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
-    # inductor on a 2-core CPU takes minutes and wins little: auto = CUDA only.
-    compile_ = opt.compile == "on" or (opt.compile == "auto" and device.type == "cuda")
+    # inductor on a 2-core CPU takes minutes and wins little: auto = accelerators only
+    # (its Triton kernels serve CUDA, ROCm and XPU).
+    compile_ = opt.compile == "on" or (opt.compile == "auto" and device.type != "cpu")
+    # torch.backends.cudnn drives cuDNN on CUDA and MIOpen on ROCm (both device type cuda).
     cudnn_benchmark = opt.cudnn_benchmark and device.type == "cuda"
     return Execution(
         device=device,
@@ -133,7 +118,8 @@ def compile_model(model: torch.nn.Module, execution: Execution) -> torch.nn.Modu
 
 
 def place_batch(inputs: torch.Tensor, labels: torch.Tensor, execution: Execution):
-    non_blocking = execution.device.type == "cuda"
+    # Asynchronous copies from (pinned) host memory to any accelerator; a CPU "copy" is a no-op.
+    non_blocking = execution.device.type != "cpu"
     # The staged loader delivers float16; without autocast the fp32 network needs fp32 inputs.
     dtype = torch.float32 if execution.autocast_dtype is None else None
     inputs = inputs.to(execution.device, dtype=dtype, non_blocking=non_blocking)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fastcam import distributed
+from fastcam import accelerator, distributed
 from fastcam.data.layout import NUM_CLASSES
 from fastcam.errors import DataError
 from fastcam.loss import WeightedCrossEntropy
@@ -213,8 +213,7 @@ class Trainer:
         batches = [self.synthetic_batch(hp.local_batch_size) for _ in range(steps)]
         self.train_epoch(batches)
         self.evaluate([self.synthetic_batch(self.plan.eval_batch_size)])
-        if self.execution.device.type == "cuda":
-            torch.cuda.synchronize(self.execution.device)
+        accelerator.synchronize(self.execution.device)  # the warm-up's kernels finish before the restore
         model_state, optimizer_state, scaler_state, scheduler_state, rng, step = saved
         self.model.load_state_dict(model_state)
         self.optimizer.load_state_dict(optimizer_state)
