@@ -41,7 +41,7 @@ def _compiled_accelerator() -> torch.device | None:
     api = _accelerator_api()
     if api is not None:
         return api.current_accelerator() if api.is_available() else None
-    return next((torch.device(t) for t in ACCELERATOR_TYPES if _device_count(t)), None)
+    return next((torch.device(t) for t in ACCELERATOR_TYPES if device_count(t)), None)
 
 
 def _api_for(device: torch.device) -> ModuleType | None:
@@ -59,7 +59,8 @@ def device_module(device_type: str) -> ModuleType | None:
     return getattr(torch, device_type, None) if device_type in ACCELERATOR_TYPES else None
 
 
-def _device_count(device_type: str) -> int:
+def device_count(device_type: str) -> int:
+    """Visible devices of ``device_type`` (cuda or xpu); 0 where torch has none."""
     module = device_module(device_type)
     return module.device_count() if module is not None and module.is_available() else 0
 
@@ -78,7 +79,7 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         return torch.device("cpu")
     if device_type not in ACCELERATOR_TYPES:
         raise ConfigError(f"device must be auto, cpu, cuda, cuda:N, xpu or xpu:N, got {name!r}")
-    count = _device_count(device_type)
+    count = device_count(device_type)
     if count == 0:
         raise ConfigError(f"device {name} requested but no {_LABELS[device_type]} device is available "
                           f"to torch {torch.__version__}")

@@ -29,6 +29,9 @@ OPTIMIZERS = ("Adam", "AdamW", "LAMB")
 SCHEDULES = ("multistep", "cosine_annealing")
 WIREUP_METHODS = ("auto", "single", "local", "env", "nccl-slurm", "nccl-slurm-pmi", "nccl-openmpi", "mpi")
 DEVICES = ("auto", "cpu", "cuda", "xpu")  # cuda and xpu also as cuda:N, xpu:N (fastcam.accelerator)
+STAGE_DTYPES = ("fp16", "fp32")
+# mlperf_logging hpc_3.0.0/common.yaml: submission_status in [cloud, onprem, preview, research]
+SUBMISSION_STATUSES = ("cloud", "onprem", "preview", "research")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")  # auto: resolved per device (fastcam.train.execution)
 LOADERS = ("hdf5", "staged", "dali")  # hdf5: the reference reader; staged / dali: the node-local cache
 CACHED_LOADERS = ("staged", "dali")  # read the float16 stage cache (fastcam.data.stage)
@@ -114,11 +117,23 @@ class RunSettings:
                              nullable=True, low=1)
     max_inter_threads: int = param(4, "loader workers (the reference uses min(this, local batch))", "run",
                                    low=0, tunable=True)
+    # A fixed global batch (ESIF-HPC-4 scenario draft, Scenario 2: 1024) gives the
+    # same training at every scale; the plan derives the local batch once the
+    # world size is known (fastcam.guard.resolve_global_batch).
+    global_batch_size: int | None = param(None, "fix the global batch: local batch = G / (ranks x gradient "
+                                          "accumulation), resolved after wire-up", "run", kind=int,
+                                          nullable=True, low=1)
     max_epochs: int = param(200, "epoch budget", "run", low=1)
     target_iou: float = param(0.82, "stop when validation IoU reaches this", "run", low=0.0,
                               low_exclusive=True, high=1.0)
     stage_dir: str | None = param(None, "node-local cache of the staged loader (default OUTPUT_DIR/staged)",
                                   "run", kind=str, nullable=True)
+    # The MLPerf submission keys (hpc_3.0.0/common.yaml); the platform defaults to
+    # what the run finds (nodes x accelerators or CPU model, fastcam.distributed).
+    submission_org: str = param("fastcam", "MLPerf submission_org: the submitting organisation", "run")
+    submission_platform: str | None = param(None, "MLPerf submission_platform (default: nodes x devices "
+                                            "found)", "run", kind=str, nullable=True)
+    submission_status: str = param("onprem", "MLPerf submission_status", "run", choices=SUBMISSION_STATUSES)
     verify_cache: str = param("sample", "how much of a reused stage cache to check against its checksums",
                               "run", choices=("sample", "full"))
 
@@ -127,6 +142,10 @@ class RunSettings:
         kind, _, index = self.device.partition(":")
         if not (self.device in DEVICES or (kind in ("cuda", "xpu") and index.isdigit())):
             raise ConfigError(f"run.device must be auto, cpu, cuda, cuda:N, xpu or xpu:N, got {self.device!r}")
+        for name in ("submission_org", "submission_platform"):
+            value = getattr(self, name)
+            if value is not None and not value.strip():
+                raise ConfigError(f"run.{name} must not be empty")
         if not self.run_tag or "/" in self.run_tag:
             raise ConfigError(f"run.run_tag must be a non-empty file name, got {self.run_tag!r}")
 
@@ -185,6 +204,11 @@ class Optimizations:
     # (speed only, the same maths).
     cudnn_benchmark: bool = param(True, "cuDNN autotuning on CUDA", "execution", switch=True)
     loader: str = param("hdf5", "input pipeline", "execution", choices=LOADERS)
+    # float16 halves the stage cache and its reads; it is a precision change,
+    # which ESIF-HPC-4 forbids in baseline and ported runs unless the benchmark
+    # README allows it (fastcam.rules profiles say per run type).
+    stage_dtype: str = param("fp16", "input dtype of the staged/DALI stage cache", "execution",
+                             choices=STAGE_DTYPES)
     # The reference evaluates one sample at a time; a larger batch gives the same
     # IoU and loss (per-sample sums, a padded last batch masked) in fewer steps.
     local_batch_size_validation: int = param(1, "validation samples per rank per step (0: the training batch)",

@@ -29,7 +29,7 @@ import dataclasses
 
 from fastcam import schema
 from fastcam.config import CACHED_LOADERS, Config, Hyperparameters, Optimizations, RunSettings, Schedule
-from fastcam.errors import GuardError
+from fastcam.errors import ConfigError, GuardError
 
 OPEN_HINT = "(pass --open-division to run outside the rules)"
 
@@ -51,8 +51,11 @@ def check(config: Config) -> None:
         raise GuardError(f"rules {profile.name} define no {config.mode} run (run types: "
                          f"{', '.join(profile.run_types)})")
     given, required = config.hyperparameters, profile.hyperparameters()
+    derived = _check_global_batch(config, profile)
     for name, p in schema.params(Hyperparameters):
         value, expected = getattr(given, name), getattr(required, name)
+        if name in derived:
+            continue
         if config.mode == "optimized" and profile.is_mutable(name):
             _check_mutable(profile, name, value, p)
         elif _differs(value, expected):
@@ -62,6 +65,67 @@ def check(config: Config) -> None:
     if config.mode == "baseline":
         _check_reference_execution(config.optimizations, profile)
     _check_precision(config, profile)
+
+
+def _check_global_batch(config: Config, profile) -> set[str]:
+    """With ``--global_batch_size`` the local batch is derived after wire-up
+    (:func:`resolve_global_batch`): refuse a G the profile does not allow and a
+    local batch given as well; return the names checked later, not here."""
+    global_batch = config.run.global_batch_size
+    if global_batch is None:
+        return set()
+    if profile.global_batch_size is not None and global_batch != profile.global_batch_size:
+        raise GuardError(f"--global_batch_size {global_batch} is not allowed under rules {profile.name}: "
+                         f"it fixes the global batch at {profile.global_batch_size} {OPEN_HINT}")
+    _check_local_batch_not_given(config)
+    return {"local_batch_size"}
+
+
+def _check_local_batch_not_given(config: Config) -> None:
+    from fastcam.config import recipe
+
+    default = recipe(config.mode, config.rules).hyperparameters.local_batch_size
+    if config.hyperparameters.local_batch_size != default:
+        raise GuardError(f"--global_batch_size {config.run.global_batch_size} and --local_batch_size "
+                         f"{config.hyperparameters.local_batch_size} both set the batch: give one of them")
+
+
+def resolve_global_batch(config: Config, world_size: int) -> Config:
+    """``config`` with the local batch that ``--global_batch_size G`` gives on
+    ``world_size`` ranks (``config`` itself without G): G / (ranks x gradient
+    accumulation), refused with one line where it does not divide, where
+    accumulation would be needed and the profile forbids it, or where the run
+    type fixes the local batch and G is not that batch x ranks."""
+    global_batch = config.run.global_batch_size
+    if global_batch is None:
+        return config
+    accumulation = config.hyperparameters.gradient_accumulation_frequency
+    if config.open_division:
+        _check_local_batch_not_given(config)
+        if global_batch % (world_size * accumulation):
+            raise GuardError(f"--global_batch_size {global_batch} does not divide over {world_size} ranks x "
+                             f"{accumulation} accumulation steps")
+        local = global_batch // (world_size * accumulation)
+        return config.replace(hyperparameters={"local_batch_size": local})
+    from fastcam import rules
+
+    profile = rules.load(config.rules)
+    _check_global_batch(config, profile)
+    try:
+        local = profile.local_batch_for(world_size, accumulation, global_batch)
+    except ConfigError as err:
+        raise GuardError(f"--global_batch_size: {err}") from None
+    fixed_local = profile.baseline["local_batch_size"]
+    free = profile.global_batch_size is not None or (
+        config.mode == "optimized" and profile.is_mutable("local_batch_size"))
+    if not free and local != fixed_local:
+        raise GuardError(
+            f"--global_batch_size {global_batch} gives local batch {local} on {world_size} ranks; "
+            f"{_a(config.mode)} run under rules {profile.name} keeps local batch {fixed_local} "
+            f"(global batch {fixed_local * world_size * accumulation} here) {OPEN_HINT}")
+    if config.mode == "optimized" and profile.is_mutable("local_batch_size"):
+        profile.check_value("local_batch_size", local)
+    return config.replace(hyperparameters={"local_batch_size": local})
 
 
 def _check_mutable(profile, name: str, value, p: schema.Param) -> None:
@@ -77,12 +141,13 @@ def _check_mutable(profile, name: str, value, p: schema.Param) -> None:
 
 
 def _check_precision(config: Config, profile) -> None:
-    """The precision the run will compute in, and the float16 stage cache, against
+    """The precision the run will compute in, and the stage cache's dtype, against
     the profile's policy for the run type."""
     opt = config.optimizations
     precision = opt.precision
     if precision == "auto":
-        from fastcam.train.execution import auto_precision, resolve_device
+        from fastcam.accelerator import resolve_device
+        from fastcam.train.execution import auto_precision  # (tests fake it there)
 
         precision = auto_precision(resolve_device(config.run.device))
     allowed = profile.precision[config.mode]
@@ -92,9 +157,10 @@ def _check_precision(config: Config, profile) -> None:
         shown = precision if opt.precision != "auto" else f"auto ({precision} on this device)"
         raise GuardError(f"--precision {shown} is not allowed in {_a(config.mode)} run under rules {profile.name} "
                          f"({rule}); allowed: {', '.join(allowed)} {OPEN_HINT}")
-    if opt.loader in CACHED_LOADERS and not profile.allows_stage_dtype(config.mode, "fp16"):
-        raise GuardError(f"--loader {opt.loader} stores the inputs as float16, a precision change not allowed in "
-                         f"{_a(config.mode)} run under rules {profile.name} ({rule}): use --loader hdf5 {OPEN_HINT}")
+    if opt.loader in CACHED_LOADERS and not profile.allows_stage_dtype(config.mode, opt.stage_dtype):
+        raise GuardError(f"--loader {opt.loader} with --stage_dtype {opt.stage_dtype} stores the inputs as "
+                         f"{opt.stage_dtype}, a precision change not allowed in {_a(config.mode)} run under rules "
+                         f"{profile.name} ({rule}): use --stage_dtype fp32 {OPEN_HINT}")
 
 
 def check_name(name: str) -> None:

@@ -57,3 +57,4 @@ FASTCAM_WARMUP_SECONDS = "fastcam_warmup_seconds"
 FASTCAM_LOADER = "fastcam_loader"  # hdf5 | staged | dali
 FASTCAM_STAGE_DTYPE = "fastcam_stage_dtype"  # fp16 | fp32: the stage cache's input dtype (cached loaders only)
 FASTCAM_SOFTWARE = "fastcam_software"  # {fastcam, python, torch, cuda|rocm, cudnn|miopen, nccl|rccl, driver, ...}
+FASTCAM_SCENARIO = "fastcam_scenario"  # a rules scenario a run declares (read by compare where a log has one)

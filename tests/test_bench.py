@@ -30,7 +30,7 @@ def test_bench_cpu_small_prints_table_and_writes_json(tmp_path, capsys):
         assert r["eval"][mode]["samples_per_s"] > 0
         assert step["host_syncs_per_step"] >= 0 and step["host_sync_method"]
     # What ran, not what was asked for: the optimized recipe's LAMB is the torch one on a CPU.
-    assert r["step"]["optimized"]["optimizer_implementation"] == "LAMB (torch foreach)"
+    assert r["step"]["optimized"]["optimizer_implementation"] == "LAMB (torch fused-Adam CPU kernel)"
     assert r["step"]["baseline"]["optimizer_implementation"].startswith("AdamW")
     # The reference evaluates one sample at a time; the optimized mode at the training batch.
     assert (r["eval"]["baseline"]["batch_size"], r["eval"]["optimized"]["batch_size"]) == (1, 2)

@@ -49,16 +49,17 @@ def epoch_batches(loader, epoch: int) -> list:
     return list(loader)
 
 
-def assert_same_batches(got: list, expected: list) -> None:
+def assert_same_batches(got: list, expected: list, dtype=torch.float16) -> None:
     assert len(got) == len(expected)
+    bits = {torch.float16: torch.int16, torch.float32: torch.int32}[dtype]
     for (inputs, labels, names), (ref_inputs, ref_labels, ref_names) in zip(got, expected):
         assert names == ref_names
-        assert inputs.dtype == ref_inputs.dtype == torch.float16 and labels.dtype == ref_labels.dtype == torch.int64
+        assert inputs.dtype == ref_inputs.dtype == dtype and labels.dtype == ref_labels.dtype == torch.int64
         assert inputs.shape == ref_inputs.shape and labels.shape == ref_labels.shape
         assert inputs.stride() == ref_inputs.stride() and labels.stride() == ref_labels.stride()
         assert inputs.is_contiguous(memory_format=torch.channels_last)
         assert inputs.device == ref_inputs.device and labels.device == ref_labels.device
-        assert torch.equal(inputs.view(torch.int16), ref_inputs.view(torch.int16))  # bitwise
+        assert torch.equal(inputs.view(bits), ref_inputs.view(bits))  # bitwise
         assert torch.equal(labels, ref_labels)
 
 
@@ -85,6 +86,16 @@ def test_same_batches_as_the_staged_loader(caches, setup, seed):
     assert [batch[0].shape[0] for batch in got] == expected_sizes[setup]
     if shuffle:
         assert orders[0] != orders[1] != orders[2]  # the epoch really reshuffles
+    dali.close()
+
+
+def test_a_float32_cache_gives_the_staged_loaders_float32_batches(tiny_synthetic, tmp_path):
+    dst = tmp_path / "fp32"
+    stage_dataset(tiny_synthetic, dst, workers=1, progress=False, dtype="fp32")
+    kwargs = dict(batch_size=3, shuffle=True, drop_last=True, seed=2)
+    dali, staged = DaliLoader(dst, "train", **kwargs), StagedLoader(dst, "train", **kwargs)
+    assert dali.stage_dtype == staged.stage_dtype == "fp32"
+    assert_same_batches(epoch_batches(dali, 1), epoch_batches(staged, 1), torch.float32)
     dali.close()
 
 

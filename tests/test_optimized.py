@@ -54,7 +54,7 @@ def test_optimized_run_end_to_end_on_cpu_records_every_switch(tiny_synthetic, tm
     precision = auto_precision(torch.device("cpu"))  # bf16 where the CPU has it natively
     assert execution == {"device": "cpu", "channels_last": True, "precision": precision, "grad_scaler": False,
                          "fused_optimizer": True, "compile": "off", "cudnn_benchmark": False,
-                         "optimizer_implementation": "LAMB (torch foreach)"}
+                         "optimizer_implementation": "LAMB (torch fused-Adam CPU kernel)"}
     assert next(e["value"] for e in events if e["key"] == "fastcam_loader") == "staged"
     assert next(e["value"] for e in events if e["key"] == "opt_name") == "LAMB"
     assert failed_keys(run_checker(out / "logs" / "opt.log")) == {"train_samples", "eval_samples", "eval_accuracy"}

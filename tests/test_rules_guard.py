@@ -48,9 +48,10 @@ def test_ported_runs_may_change_the_execution_not_the_hyperparameters():
         guard.check(ported().replace(hyperparameters={"start_lr": 0.002}))
     with pytest.raises(GuardError, match="--precision bf16 is not allowed in a ported run"):
         guard.check(ported().replace(optimizations={"precision": "bf16"}))
-    # The staged cache stores float16: a precision change where only fp32 is allowed.
-    with pytest.raises(GuardError, match="float16"):
+    # A float16 stage cache is a precision change where only fp32 is allowed; fp32 staging is not.
+    with pytest.raises(GuardError, match="--stage_dtype fp16 stores the inputs as fp16.*use --stage_dtype fp32"):
         guard.check(ported().replace(optimizations={"loader": "staged"}))
+    guard.check(ported().replace(optimizations={"loader": "staged", "stage_dtype": "fp32"}))
     # Under the drafts with AMP baselines a port may use reduced precision.
     guard.check(ported("esif-2026-01").replace(optimizations={"precision": "bf16", "loader": "staged"}))
 

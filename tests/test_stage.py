@@ -20,7 +20,7 @@ from fastcam.data import layout, stage
 from fastcam.data.reader import CamDataset, shard_validation
 from fastcam.data.stage import stage_dataset
 from fastcam.data.staged import StagedLoader, build_staged_loaders
-from fastcam.errors import DataError
+from fastcam.errors import ConfigError, DataError
 
 
 def reference_samples(root: Path, split: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -30,11 +30,11 @@ def reference_samples(root: Path, split: str) -> dict[str, tuple[np.ndarray, np.
     return {name: (data.numpy(), label.numpy()) for data, label, name in (dataset[i] for i in range(len(dataset)))}
 
 
-def staged_samples(dst: Path, split: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def staged_samples(dst: Path, split: str, dtype=torch.float16) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     loader = StagedLoader(dst, split, batch_size=3, shuffle=True, drop_last=False, seed=1)
     out = {}
     for inputs, labels, names in loader:
-        assert inputs.dtype == torch.float16 and labels.dtype == torch.int64
+        assert inputs.dtype == dtype and labels.dtype == torch.int64
         assert inputs.is_contiguous(memory_format=torch.channels_last)
         for row, name in enumerate(names):
             out[name] = (inputs[row].float().numpy(), labels[row].numpy())
@@ -66,6 +66,25 @@ def test_round_trip_within_documented_float16_error(tiny_synthetic, tmp_path):
     assert 0.0 < worst["train"] <= stage.TRAIN_MAX_ABS_ERROR  # > 0: the values really went through float16
     print(f"\nfloat16 staging: max abs error train {worst['train']:.3g}, validation {worst['validation']:.3g} "
           f"(bound for [0, 1]: {stage.TRAIN_MAX_ABS_ERROR:.3g})")
+
+
+def test_fp32_staging_is_the_reference_readers_values_exactly_beside_a_float16_cache(tiny_synthetic, tmp_path):
+    dst = tmp_path / "staged"
+    stage_quietly(tiny_synthetic, dst, dtype="fp32")
+    for split in layout.SPLITS:
+        assert (dst / split / "inputs.f32").is_file() and not (dst / split / "inputs.f16").exists()
+        assert stage.read_index(dst / split)["inputs"]["dtype"] == "float32"
+        expected, staged = reference_samples(tiny_synthetic, split), staged_samples(dst, split, torch.float32)
+        assert sorted(staged) == sorted(expected)
+        for name, (data, label) in expected.items():
+            np.testing.assert_array_equal(staged[name][0], data)  # bitwise: no rounding
+            np.testing.assert_array_equal(staged[name][1], label)
+    # Asking for the other dtype restages (one inputs file, never both) and reuses after.
+    assert stage_quietly(tiny_synthetic, dst, dtype="fp16").staged == 21
+    assert not (dst / "train" / "inputs.f32").exists() and (dst / "train" / "inputs.f16").is_file()
+    assert stage_quietly(tiny_synthetic, dst, dtype="fp16").reused
+    with pytest.raises(ConfigError, match="stage dtype 'bf16'"):
+        stage_quietly(tiny_synthetic, dst, dtype="bf16")
 
 
 def test_complete_stage_is_reused_and_redone_when_the_source_changes(random_dataset, tmp_path):
@@ -225,6 +244,8 @@ def test_cli_stages_one_rank(random_dataset, tmp_path, capsys):
     index = json.loads((dst / "validation" / stage.INDEX_FILE).read_text())
     assert (index["rank"], index["world_size"], index["count"], index["global_samples"]) == (1, 2, 3, 7)
     assert main(argv) == 0 and "up to date" in capsys.readouterr().out
+    assert main([*argv, "--dtype", "fp32"]) == 0 and "up to date" not in capsys.readouterr().out
+    assert stage.read_index(dst / "train")["inputs"]["dtype"] == "float32"
     assert main(["data", "stage", str(random_dataset), str(dst), "--rank", "2", "--world-size", "2"]) != 0
     assert "--rank 2" in capsys.readouterr().err
 

@@ -131,8 +131,9 @@ def test_two_rank_gloo_run_keeps_ranks_identical(tiny_synthetic, tmp_path):
     for rank in range(2):
         env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
                "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        # The global batch fixed, the local batch derived after wire-up: 16 / 2 ranks = the baseline's 8.
         args = baseline_args(tiny_synthetic, tmp_path / "out", "--max_epochs", "2", "--wireup_method", "env",
-                             "--run_tag", "two")
+                             "--run_tag", "two", "--global_batch_size", "16")
         procs.append(subprocess.Popen([sys.executable, str(driver), str(tmp_path / f"rank{rank}"), *args],
                                       env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     outputs = [p.communicate(timeout=600)[0] for p in procs]
@@ -144,6 +145,6 @@ def test_two_rank_gloo_run_keeps_ranks_identical(tiny_synthetic, tmp_path):
     assert all(count == 5 for _, count, _ in h0)  # 5 validation files, each seen exactly once overall
     assert [step for *_, step in h0] == [1, 2]  # 16 files / 2 ranks / batch 8 = 1 step per epoch
     log = (tmp_path / "out" / "logs" / "two.log").read_text()
-    assert '"global_batch_size", "value": 16' in log
+    assert '"global_batch_size", "value": 16' in log and '"local_batch_size", "value": 8' in log
     assert failed_keys(run_checker(tmp_path / "out" / "logs" / "two.log")) == {
         "train_samples", "eval_samples", "eval_accuracy"}

@@ -204,18 +204,24 @@ def worker_device(device: str, environ=None, cuda_count: int | None = None) -> s
     """One device per worker: with several visible GPUs, pick the worker's local rank's.
 
     ``srun --gpus-per-task=1`` shows each task one GPU (index 0); with several
-    visible, ``SLURM_LOCALID`` (or torchrun's ``LOCAL_RANK``) chooses.
+    visible, ``SLURM_LOCALID`` (or torchrun's ``LOCAL_RANK``) chooses. The same
+    holds for Intel XPUs (``device`` xpu, or auto on an XPU build); ``cuda_count``
+    overrides the number of visible devices (tests).
     """
-    if device not in ("auto", "cuda"):
+    if device not in ("auto", "cuda", "xpu"):
         return device
-    environ = os.environ if environ is None else environ
-    if cuda_count is None:
-        import torch
+    from fastcam import accelerator
 
-        cuda_count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    device_type = device
+    if device == "auto":
+        device_type = "cuda" if cuda_count is not None else accelerator.resolve_device("auto").type
+        if device_type == "cpu":
+            return device
+    environ = os.environ if environ is None else environ
+    count = cuda_count if cuda_count is not None else accelerator.device_count(device_type)
     local = environ.get("LOCAL_RANK", environ.get("SLURM_LOCALID"))
-    if cuda_count > 1 and local is not None and local.isdigit():
-        return f"cuda:{int(local) % cuda_count}"
+    if count > 1 and local is not None and local.isdigit():
+        return f"{device_type}:{int(local) % count}"
     return device
 
 

@@ -53,7 +53,7 @@ from fastcam.compare.runtype import classify, logged_precision, precision_text
 from fastcam.errors import DataError
 
 DEFAULT_TARGET = 0.82
-SCENARIO_KEY = "fastcam_scenario"  # the scenario a fastcam run was configured for, where it logs one
+SCENARIO_KEY = logkeys.FASTCAM_SCENARIO
 
 
 @dataclass

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from fastcam.config import STAGE_DTYPES
 from fastcam.data import layout
 
 
@@ -47,9 +48,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check.set_defaults(func=_run_check)
 
     stage = actions.add_parser(
-        "stage", help="stage this rank's shards into a float16 cache for the optimized loader",
+        "stage", help="stage this rank's shards into a float16 (or float32) cache for the optimized loader",
         description="Convert this rank's training shard and validation shard of SRC into "
-                    "normalised float16 inputs (height-width-channel) and uint8 labels in DST "
+                    "normalised float16 (--dtype fp32: float32) inputs (height-width-channel) and uint8 labels in DST "
                     "(node-local disk), in parallel; resumable, verified, reused when up to date.")
     stage.add_argument("src", metavar="SRC", help="data set directory (train/, validation/, stats.h5)")
     stage.add_argument("dst", metavar="DST", help="staging directory (node-local)")
@@ -62,6 +63,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="input channels to keep (default all 16)")
     stage.add_argument("--verify", choices=("sample", "full"), default="sample",
                        help="how much of a reused cache to check against its checksums (default sample)")
+    stage.add_argument("--dtype", choices=STAGE_DTYPES, default="fp16",
+                       help="input dtype: fp16 (default, rounds) or fp32 (exact; where the rules forbid "
+                            "precision changes)")
     stage.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     stage.set_defaults(func=_run_stage)
 
@@ -97,7 +101,7 @@ def _run_stage(args: argparse.Namespace) -> int:
 
     summary = stage_dataset(args.src, args.dst, rank=args.rank, world_size=args.world_size,
                             workers=args.workers, progress=args.progress, channels=args.channels,
-                            verify=args.verify)
+                            verify=args.verify, dtype=args.dtype)
     for split in summary.splits:
         state = ("up to date, reused" if split.reused else
                  f"staged {split.staged}" + (f", {split.reverified} kept from an interrupted run"

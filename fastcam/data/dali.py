@@ -60,18 +60,21 @@ OUTPUTS = ("inputs", "labels", "indices")
 # Room per sample in a parallel worker's shared-memory slot beyond the array bytes
 # (DALI's ``bytes_per_sample_hint`` docs: samples carry some internal meta-data).
 _SHM_SLACK_BYTES = 4096
+_DALI_INPUT_TYPES = {"fp16": types.FLOAT16, "fp32": types.FLOAT}
 
 
 @pipeline_def(enable_conditionals=False)
 def staged_pipeline(source: StagedBatchSource, device: str, parallel: bool, source_prefetch: int):
-    """Batches of ``source`` on ``device`` ("cpu" or "gpu"): inputs NHWC float16, labels int64, indices."""
+    """Batches of ``source`` on ``device`` ("cpu" or "gpu"): inputs NHWC in the stage dtype (float16 or
+    float32), labels int64, indices."""
     extra = {}
     if parallel:
         extra = {"prefetch_queue_depth": source_prefetch,
                  "bytes_per_sample_hint": source.input_bytes + source.label_bytes + 8 + _SHM_SLACK_BYTES}
     inputs, labels, indices = fn.external_source(
         source=source, num_outputs=3, batch=True, batch_info=True, parallel=parallel,
-        layout=["HWC", "HW", ""], dtype=[types.FLOAT16, types.UINT8, types.INT64], ndim=[3, 2, 0], **extra)
+        layout=["HWC", "HW", ""], dtype=[_DALI_INPUT_TYPES[source.dtype], types.UINT8, types.INT64],
+        ndim=[3, 2, 0], **extra)
     if device == "gpu":
         inputs, labels = inputs.gpu(), labels.gpu()
     return inputs, fn.cast(labels, dtype=types.INT64), indices
@@ -159,7 +162,7 @@ class DaliLoader(StagedLoader):
         source = StagedBatchSource(self.directory, count=self.count, height=self.height, width=self.width,
                                    channels=self.channels, batch_size=self.batch_size, shuffle=self.shuffle,
                                    drop_last=self.drop_last, seed=self.seed, first_epoch=epoch,
-                                   reuse_buffers=not self.parallel)
+                                   reuse_buffers=not self.parallel, dtype=self.stage_dtype)
         pipe = build_pipeline(source, device=self.dali_device, device_id=self.device_id,
                               batch_size=self.batch_size, threads=self.threads, prefetch=self.prefetch,
                               parallel=self.parallel, py_workers=self.py_workers, seed=self.seed)

@@ -12,7 +12,7 @@ batches. The order and batching are :class:`fastcam.data.staged.StagedLoader`'s
 (a ``torch.randperm`` drawn from ``seed + epoch``, drop-last or a partial last
 batch), so both loaders deliver the same batches for the same seed and epoch.
 
-Each call returns (inputs N x H x W x C float16, labels N x H x W uint8,
+Each call returns (inputs N x H x W x C float16 (float32 for an fp32 stage), labels N x H x W uint8,
 sample indices N int64); the indices travel through the pipeline so that the
 consumer names the samples it really received. With ``reuse_buffers`` (the
 non-parallel source) the arrays are views of buffers reused from call to call:
@@ -41,13 +41,16 @@ class StagedBatchSource:
 
     def __init__(self, directory: str | os.PathLike, *, count: int, height: int, width: int, channels: int,
                  batch_size: int, shuffle: bool, drop_last: bool, seed: int, first_epoch: int,
-                 reuse_buffers: bool = True):
+                 reuse_buffers: bool = True, dtype: str = "fp16"):
         self.directory = Path(directory)
         self.count, self.height, self.width, self.channels = count, height, width, channels
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.seed, self.first_epoch, self.reuse_buffers = seed, first_epoch, reuse_buffers
         self.batches = batch_count(count, batch_size, drop_last)
-        self.input_bytes = height * width * channels * stage_format.INPUT_DTYPE.itemsize
+        self.dtype = dtype  # the stage dtype: which inputs file, which element type
+        self.input_dtype = stage_format.INPUT_DTYPES[dtype]
+        self.inputs_file = stage_format.INPUT_FILES[dtype]
+        self.input_bytes = height * width * channels * self.input_dtype.itemsize
         self.label_bytes = height * width * stage_format.LABEL_DTYPE.itemsize
         self._reset_process_state()
 
@@ -87,7 +90,7 @@ class StagedBatchSource:
         inputs, labels, names = self._batch_buffers()
         rows = len(indices)
         for row, sample in enumerate(indices):
-            read_exact(self._fd(stage_format.INPUTS_FILE), inputs[row], sample * self.input_bytes, self.directory)
+            read_exact(self._fd(self.inputs_file), inputs[row], sample * self.input_bytes, self.directory)
             read_exact(self._fd(stage_format.LABELS_FILE), labels[row], sample * self.label_bytes, self.directory)
             names[row] = sample
         return inputs[:rows], labels[:rows], names[:rows]
@@ -95,7 +98,7 @@ class StagedBatchSource:
     def _batch_buffers(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if self._buffers is None or not self.reuse_buffers:
             shape = (self.batch_size, self.height, self.width)
-            self._buffers = (np.empty((*shape, self.channels), stage_format.INPUT_DTYPE),
+            self._buffers = (np.empty((*shape, self.channels), self.input_dtype),
                              np.empty(shape, stage_format.LABEL_DTYPE), np.empty(self.batch_size, np.int64))
         return self._buffers
 

@@ -2,7 +2,8 @@
 
 Layout, per split (``DST/train``, ``DST/validation``):
 
-- ``inputs.f16``: raw N x H x W x C float16, normalised exactly as the
+- ``inputs.f16``: raw N x H x W x C float16 (``inputs.f32``, float32, when
+  staged with ``dtype="fp32"``), normalised exactly as the
   reference reader does it (:class:`fastcam.data.reader.CamDataset` with the
   ``stats.h5`` of the source), height-width-channel order, so that a batch
   read into an N x H x W x C buffer becomes a channels-last N x C x H x W
@@ -69,6 +70,8 @@ from fastcam.data.stage_format import (  # noqa: F401  (re-exported: the format 
     FORMAT_VERSION,
     INDEX_FILE,
     INPUT_DTYPE,
+    INPUT_DTYPES,
+    INPUT_FILES,
     INPUTS_FILE,
     LABEL_DTYPE,
     LABELS_FILE,
@@ -78,6 +81,7 @@ from fastcam.data.stage_format import (  # noqa: F401  (re-exported: the format 
     checksum,
     map_file,
     read_index,
+    stage_dtype_of,
 )
 from fastcam.data.stage_worker import _Pool, _Task
 from fastcam.errors import ConfigError, DataError
@@ -144,24 +148,29 @@ class _Plan:
     files: list[Path]
     identity: dict
     shape: tuple[int, int, int, int]  # N, H, W, C
+    dtype: str = "fp16"  # the stage dtype (stage_format.INPUT_DTYPES)
     changed: list[int] = field(default_factory=list)  # samples of a reused cache that failed their checksum
 
     @property
     def sizes(self) -> dict[str, int]:
         n, h, w, c = self.shape
-        return {INPUTS_FILE: n * h * w * c * INPUT_DTYPE.itemsize, LABELS_FILE: n * h * w, MARKS_FILE: n * 8}
+        return {INPUT_FILES[self.dtype]: n * h * w * c * INPUT_DTYPES[self.dtype].itemsize,
+                LABELS_FILE: n * h * w, MARKS_FILE: n * 8}
 
 
 def stage_dataset(src: str | os.PathLike, dst: str | os.PathLike, *, rank: int = 0, world_size: int = 1,
                   workers: int | None = None, progress: bool = True, channels: Sequence[int] | None = None,
-                  on_sample: Callable[[str, int], None] | None = None, verify: str = "sample") -> StageSummary:
+                  on_sample: Callable[[str, int], None] | None = None, verify: str = "sample",
+                  dtype: str = "fp16") -> StageSummary:
     """Stage this rank's training and validation shards of ``src`` into ``dst``.
 
     ``channels`` selects input channels (the reference's ``--channels``; default
     all). ``on_sample(split, index)`` is called in this process after each
     sample is written, verified and marked done (for tests; raising stops staging).
     ``verify`` says how much of a reused cache is checked against its stored
-    checksums: ``"sample"`` (default) or ``"full"``.
+    checksums: ``"sample"`` (default) or ``"full"``. ``dtype`` is the inputs'
+    dtype: ``"fp16"`` (default; rounds, see the module doc) or ``"fp32"`` (the
+    reference reader's values exactly, twice the bytes).
     Each rank needs its own ``dst`` (the cache holds one rank's shards); a
     second staging into a ``dst`` in use is refused.
     """
@@ -171,21 +180,23 @@ def stage_dataset(src: str | os.PathLike, dst: str | os.PathLike, *, rank: int =
         raise ConfigError(f"--workers {workers}: must be >= 1")
     if verify not in VERIFY_MODES:
         raise ConfigError(f"cache verification {verify!r}: choose one of {', '.join(VERIFY_MODES)}")
+    if dtype not in INPUT_DTYPES:
+        raise ConfigError(f"stage dtype {dtype!r}: choose one of {', '.join(INPUT_DTYPES)}")
     start = time.perf_counter()
     with _exclusive(Path(dst)):
         return _stage_locked(Path(src), Path(dst), rank, world_size, workers, progress, channels, on_sample, start,
-                             verify)
+                             verify, dtype)
 
 
 def _stage_locked(src: Path, dst: Path, rank: int, world_size: int, workers: int | None, progress: bool,
                   channels: Sequence[int] | None, on_sample: Callable[[str, int], None] | None,
-                  start: float, verify_mode: str) -> StageSummary:
+                  start: float, verify_mode: str, dtype: str) -> StageSummary:
     from tqdm import tqdm
 
     channel_list = None if channels is None else [int(c) for c in channels]
     minval, maxval = layout.load_stats(src, channel_list)
     stats = (tuple(minval.tolist()), tuple(maxval.tolist()), None if channel_list is None else tuple(channel_list))
-    plans = [_plan(src, dst, split, rank, world_size, channel_list, minval, maxval)
+    plans = [_plan(src, dst, split, rank, world_size, channel_list, minval, maxval, dtype)
              for split in layout.SPLITS]
     complete = [p for p in plans if _is_complete(p)]
     todo = [p for p in plans if p not in complete]
@@ -203,7 +214,7 @@ def _stage_locked(src: Path, dst: Path, rank: int, world_size: int, workers: int
         for i in getattr(plan, "changed", ()):
             _set_mark(marks[plan.split], i, 0)
     verify = [_Task("verify", p.split, str(p.directory), int(i), str(p.files[i]), p.shape[1:], stats,
-                    int(marks[p.split][i])) for p in todo for i in np.flatnonzero(marks[p.split])]
+                    int(marks[p.split][i]), p.dtype) for p in todo for i in np.flatnonzero(marks[p.split])]
     default = max(1, min(os.cpu_count() or 1, MAX_DEFAULT_WORKERS))
     workers = max(1, min(workers or default, len(verify) + sum(p.shape[0] for p in todo)))
     staged = {p.split: 0 for p in plans}
@@ -217,8 +228,8 @@ def _stage_locked(src: Path, dst: Path, rank: int, world_size: int, workers: int
                     else:  # changed since it was marked done: stage it again
                         _set_mark(marks[task.split], task.index, 0)
                     bar.update()
-            tasks = [_Task("stage", p.split, str(p.directory), int(i), str(p.files[i]), p.shape[1:], stats, 0)
-                     for p in todo for i in np.flatnonzero(marks[p.split] == 0)]
+            tasks = [_Task("stage", p.split, str(p.directory), int(i), str(p.files[i]), p.shape[1:], stats, 0,
+                           p.dtype) for p in todo for i in np.flatnonzero(marks[p.split] == 0)]
             with tqdm(total=len(tasks), desc="stage", unit="sample", disable=not progress or not tasks) as bar:
                 for task, crc in pool.run(tasks):
                     _set_mark(marks[task.split], task.index, int(DONE) | crc)
@@ -254,7 +265,7 @@ def _check_reused(plan: _Plan, stats: tuple, mode: str, workers: int | None, pro
         raise DataError(f"{plan.directory / MARKS_FILE}: cannot read ({err})") from None
     chosen = range(count) if mode == "full" else value_sample(count, DEFAULT_VERIFY_SAMPLES)
     tasks = [_Task("verify", plan.split, str(plan.directory), int(i), str(plan.files[i]), plan.shape[1:], stats,
-                   int(stored[i])) for i in chosen]
+                   int(stored[i]), plan.dtype) for i in chosen]
     pool_size = 1 if mode == "sample" else max(1, min(workers or os.cpu_count() or 1, MAX_DEFAULT_WORKERS))
     changed = []
     with _Pool(pool_size) as pool, tqdm(total=len(tasks), desc=f"verify {plan.split} cache", unit="sample",
@@ -290,7 +301,7 @@ def _exclusive(dst: Path) -> Iterator[None]:
 
 
 def _plan(src: Path, dst: Path, split: str, rank: int, world_size: int, channels: list[int] | None,
-          minval: np.ndarray, maxval: np.ndarray) -> _Plan:
+          minval: np.ndarray, maxval: np.ndarray, dtype: str = "fp16") -> _Plan:
     files = layout.list_files(src, split)
     if len(files) < world_size:
         raise DataError(f"{layout.split_dir(src, split)}: {len(files)} {split} files for {world_size} ranks; "
@@ -302,7 +313,8 @@ def _plan(src: Path, dst: Path, split: str, rank: int, world_size: int, channels
     identity = {
         "format_version": FORMAT_VERSION, "split": split, "rank": rank, "world_size": world_size,
         "count": len(mine), "global_samples": len(mine) * world_size if split == "train" else len(files),
-        "inputs": {"file": INPUTS_FILE, "dtype": INPUT_DTYPE.name, "shape": list(shape), "order": "NHWC"},
+        "inputs": {"file": INPUT_FILES[dtype], "dtype": INPUT_DTYPES[dtype].name, "shape": list(shape),
+                   "order": "NHWC"},
         "labels": {"file": LABELS_FILE, "dtype": LABEL_DTYPE.name, "shape": list(shape[:3])},
         "checksums": {"file": MARKS_FILE, "dtype": "uint64", "meaning": "0: not staged; 2**32 | crc32(inputs, labels)"},
         "sharding": "round-robin files[rank::world_size], truncated to len(files) // world_size"
@@ -310,7 +322,7 @@ def _plan(src: Path, dst: Path, split: str, rank: int, world_size: int, channels
         "source": {"root": str(src.resolve()), "files": [_file_identity(p) for p in mine],
                    "channels": channels, "minval": minval.tolist(), "maxval": maxval.tolist()},
     }
-    return _Plan(split, dst / split, mine, identity, shape)
+    return _Plan(split, dst / split, mine, identity, shape, dtype)
 
 
 def _file_identity(path: Path) -> list:
@@ -358,7 +370,7 @@ def _create(plan: _Plan) -> None:
             raise DataError(f"{directory}: exists and is not a directory")
         directory.mkdir(parents=True, exist_ok=True)
         (directory / INDEX_FILE).unlink(missing_ok=True)  # first: an index never describes stale files
-        for name in plan.sizes:
+        for name in {*plan.sizes, *INPUT_FILES.values()}:  # also another dtype's inputs
             (directory / name).unlink(missing_ok=True)
         needed, free = sum(plan.sizes.values()), shutil.disk_usage(directory).free
         if needed > free:

@@ -1,7 +1,8 @@
 """The on-disk format of a staged cache (see fastcam.data.stage).
 
 Per split, ``DST/<split>/`` holds ``inputs.f16`` (N x H x W x C float16, the
-normalised inputs), ``labels.u8`` (N x H x W uint8), ``checksums.u64`` (per
+normalised inputs; ``inputs.f32``, float32, when staged with ``dtype="fp32"``:
+no rounding, for runs whose rules forbid precision changes), ``labels.u8`` (N x H x W uint8), ``checksums.u64`` (per
 sample: 0 = not staged, else the DONE bit plus a crc32 of its bytes) and
 ``index.json``. Shared by the stager, its worker processes and the loader.
 """
@@ -20,17 +21,29 @@ from fastcam.errors import DataError
 
 FORMAT_VERSION = 1
 INDEX_FILE = "index.json"
-INPUTS_FILE = "inputs.f16"
+# The stage dtypes (fastcam.config.STAGE_DTYPES) and their files; fp16 is the default.
+INPUT_DTYPES = {"fp16": np.dtype(np.float16), "fp32": np.dtype(np.float32)}
+INPUT_FILES = {"fp16": "inputs.f16", "fp32": "inputs.f32"}
+INPUTS_FILE = INPUT_FILES["fp16"]
 LABELS_FILE = "labels.u8"
 MARKS_FILE = "checksums.u64"
 LOCK_FILE = ".stage.lock"
-INPUT_DTYPE = np.dtype(np.float16)
+INPUT_DTYPE = INPUT_DTYPES["fp16"]
 LABEL_DTYPE = np.dtype(np.uint8)
 DONE = np.uint64(1 << 32)  # marker bit above the 32-bit crc
 FLOAT16_UNIT_ROUNDOFF = 2.0 ** -11
 FLOAT16_SUBNORMAL_ERROR = 2.0 ** -25
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 TRAIN_MAX_ABS_ERROR = 2.0 ** -12
+
+
+def stage_dtype_of(index: dict) -> str:
+    """The stage dtype name ("fp16" or "fp32") a split's index records."""
+    names = {dtype.name: name for name, dtype in INPUT_DTYPES.items()}
+    try:
+        return names[index["inputs"]["dtype"]]
+    except (KeyError, TypeError):
+        raise DataError(f"staging index: unknown input dtype {index.get('inputs')!r}; stage the data again") from None
 
 
 def checksum(inputs: np.ndarray | memoryview, labels: np.ndarray | memoryview) -> int:

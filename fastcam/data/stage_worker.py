@@ -28,8 +28,8 @@ import numpy as np
 from fastcam.data.stage_format import (
     DONE,
     FLOAT16_MAX,
-    INPUT_DTYPE,
-    INPUTS_FILE,
+    INPUT_DTYPES,
+    INPUT_FILES,
     LABEL_DTYPE,
     LABELS_FILE,
     checksum,
@@ -48,6 +48,11 @@ class _Task:
     sample_shape: tuple[int, int, int]  # H, W, C
     stats: tuple  # (minval, maxval, channels), plain tuples: cheap to pickle
     mark: int  # verify: the marker recorded for the sample
+    dtype: str = "fp16"  # the stage dtype (stage_format.INPUT_DTYPES)
+
+    @property
+    def inputs_file(self) -> str:
+        return INPUT_FILES[self.dtype]
 
 
 class _Pool:
@@ -118,7 +123,7 @@ def _work(task: _Task) -> tuple[_Task, object]:
 def _sample_ranges(task: _Task) -> tuple[tuple[int, int], tuple[int, int]]:
     """(offset, length) in bytes of the sample in the inputs and in the labels file."""
     height, width, channels = task.sample_shape
-    inputs = height * width * channels * INPUT_DTYPE.itemsize
+    inputs = height * width * channels * INPUT_DTYPES[task.dtype].itemsize
     labels = height * width * LABEL_DTYPE.itemsize
     return (task.index * inputs, inputs), (task.index * labels, labels)
 
@@ -140,17 +145,20 @@ def _stage_sample(task: _Task) -> int:
                         f"shard's first file ({task.sample_shape}); all samples must have the same size")
     # One min/max pass instead of isfinite: NaN fails both comparisons, inf the range check.
     low, high = (float(v) for v in torch.aminmax(data))
-    if not -FLOAT16_MAX <= low <= high <= FLOAT16_MAX:
-        raise DataError(f"{source}: normalised values span [{low}, {high}]: non-finite or beyond float16's range")
+    limit = FLOAT16_MAX if task.dtype == "fp16" else float("inf")
+    if not -limit <= low <= high <= limit:
+        beyond = " or beyond float16's range" if task.dtype == "fp16" else ""
+        raise DataError(f"{source}: normalised values span [{low}, {high}]: non-finite{beyond}")
     label_low, label_high = (int(v) for v in torch.aminmax(label))
     if label_low < 0 or label_high > np.iinfo(LABEL_DTYPE).max:
         raise DataError(f"{source}: labels outside 0..255 cannot be staged as uint8")
     # torch's float16 conversion is vectorised; NumPy's astype is several times slower.
-    inputs = data.to(torch.float16).numpy()
+    inputs = (data.to(torch.float16) if task.dtype == "fp16" else data.contiguous()).numpy()
     labels = label.to(torch.uint8).numpy()
     expected = checksum(inputs, labels)
     directory = Path(task.directory)
-    for name, array, (offset, length) in zip((INPUTS_FILE, LABELS_FILE), (inputs, labels), _sample_ranges(task)):
+    for name, array, (offset, length) in zip((task.inputs_file, LABELS_FILE), (inputs, labels),
+                                             _sample_ranges(task)):
         try:
             mapped = map_file(directory / name, writable=True)
         except OSError as err:
@@ -167,7 +175,7 @@ def _stage_sample(task: _Task) -> int:
 def _read_checksum(task: _Task) -> int:
     directory = Path(task.directory)
     (input_offset, input_length), (label_offset, label_length) = _sample_ranges(task)
-    with map_file(directory / INPUTS_FILE, writable=False) as inputs, \
+    with map_file(directory / task.inputs_file, writable=False) as inputs, \
             map_file(directory / LABELS_FILE, writable=False) as labels, \
             memoryview(inputs) as input_view, memoryview(labels) as label_view:
         return checksum(input_view[input_offset:input_offset + input_length],

@@ -2,7 +2,8 @@
 
 Each batch is read with positional reads (``os.preadv``: one system call per
 sample, the GIL released, no page-fault storm as with a memory map) straight
-into a host buffer of shape N x H x W x C float16 and N x H x W uint8. Reads
+into a host buffer of shape N x H x W x C float16 (float32 for a cache staged
+with ``dtype="fp32"``: the stage dtype is read from its index) and N x H x W uint8. Reads
 run in ``threads`` background threads, ``prefetch`` batches ahead.
 
 On CUDA the host buffers are pinned and reused round-robin; the copy to the
@@ -26,7 +27,7 @@ it). A consumer that drops a batch when it asks for the next (the Trainer)
 gets the ring; one that keeps every batch (``list(loader)``) gets fresh
 buffers for those it keeps, never an overwritten batch.
 
-Inputs come out as float16 N x C x H x W in channels-last memory format (a
+Inputs come out in the stage dtype, N x C x H x W in channels-last memory format (a
 permuted view of the N x H x W x C batch), labels as int64 N x H x W, names
 as the source file paths, like the reference loader. The training order is a
 permutation of the rank's shard drawn from ``seed + epoch`` (as
@@ -50,10 +51,12 @@ import torch
 from fastcam.data import stage
 from fastcam.errors import ConfigError, DataError
 
+_TORCH_DTYPES = {"fp16": torch.float16, "fp32": torch.float32}  # the stage dtypes (stage_format.INPUT_DTYPES)
+
 
 @dataclass
 class _HostBatch:
-    inputs: torch.Tensor  # N x H x W x C float16
+    inputs: torch.Tensor  # N x H x W x C in the stage dtype
     labels: torch.Tensor  # N x H x W uint8
     names: list[str]
     copied: "torch.cuda.Event | None" = None  # last copy out of these buffers (CUDA only)
@@ -85,11 +88,14 @@ class StagedLoader:
         if self.drop_last and self.count < batch_size:
             raise DataError(f"{self.directory}: {self.count} samples on this rank, fewer than the batch size "
                             f"{batch_size}")
-        self._input_bytes = self.height * self.width * self.channels * stage.INPUT_DTYPE.itemsize
+        self.stage_dtype = stage.stage_dtype_of(self.index)  # "fp16" or "fp32"
+        self._inputs_file = stage.INPUT_FILES[self.stage_dtype]
+        self._input_dtype = _TORCH_DTYPES[self.stage_dtype]
+        self._input_bytes = self.height * self.width * self.channels * stage.INPUT_DTYPES[self.stage_dtype].itemsize
         self._label_bytes = self.height * self.width * stage.LABEL_DTYPE.itemsize
         self._fds = {}
         try:
-            for name, size in ((stage.INPUTS_FILE, self.count * self._input_bytes),
+            for name, size in ((self._inputs_file, self.count * self._input_bytes),
                                (stage.LABELS_FILE, self.count * self._label_bytes)):
                 self._fds[name] = os.open(self.directory / name, os.O_RDONLY)
                 if os.fstat(self._fds[name]).st_size != size:
@@ -192,13 +198,14 @@ class StagedLoader:
         """Pinned buffers hold uint8 labels (converted on the device); unpinned ones int64 labels,
         converted row by row in the reading threads rather than in the consumer's."""
         shape = (rows, self.height, self.width)
-        return _HostBatch(torch.empty(*shape, self.channels, dtype=torch.float16, pin_memory=pinned),
+        return _HostBatch(torch.empty(*shape, self.channels, dtype=self._input_dtype, pin_memory=pinned),
                           torch.empty(shape, dtype=torch.uint8 if pinned else torch.int64, pin_memory=pinned), [])
 
     def _read(self, host: _HostBatch, row: int, sample: int) -> None:
         if host.copied is not None:
             host.copied.synchronize()  # the previous batch in this pinned buffer has left it
-        read_exact(self._fds[stage.INPUTS_FILE], host.inputs[row].numpy(), sample * self._input_bytes, self.directory)
+        read_exact(self._fds[self._inputs_file], host.inputs[row].numpy(), sample * self._input_bytes,
+                   self.directory)
         labels = host.labels[row]
         staged = labels if labels.dtype == torch.uint8 else torch.empty(labels.shape, dtype=torch.uint8)
         read_exact(self._fds[stage.LABELS_FILE], staged.numpy(), sample * self._label_bytes, self.directory)

@@ -2,7 +2,7 @@
 
 ``hdf5`` is the reference's per-sample HDF5 reader (fastcam.data.reader), the
 baseline's loader. ``staged`` and ``dali`` first stage this rank's shards to
-node-local disk as float16/uint8 (fastcam.data.stage), logged between
+node-local disk as float16 (or float32: --stage_dtype)/uint8 (fastcam.data.stage), logged between
 ``staging_start`` and ``staging_stop`` before ``init_start`` (allowed outside
 the timed region since MLPerf HPC ruleset 3.0.0), then read them with
 fastcam.data.staged or NVIDIA DALI (fastcam.data.dali).
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fastcam import accelerator
 from fastcam.data.reader import Loaders, build_reference_loaders
 from fastcam.train.plan import RunPlan
 
@@ -31,7 +32,8 @@ def stage_inputs(plan: RunPlan, ctx, logger=None, say=print) -> Path | None:
         logger.start("staging_start")
     summary = stage_dataset(plan.data_dir, plan.stage_root, rank=ctx.rank, world_size=ctx.world_size,
                             workers=max(1, plan.run.max_inter_threads), progress=ctx.is_main,
-                            channels=plan.hyperparameters.channels, verify=plan.run.verify_cache)
+                            channels=plan.hyperparameters.channels, verify=plan.run.verify_cache,
+                            dtype=plan.config.optimizations.stage_dtype)
     distributed.barrier(ctx, long_wait=True)  # the slowest rank's staging may take long
     if logger is not None:
         logger.end("staging_stop", metadata={"staging_duration": round(summary.seconds, 3)})
@@ -46,7 +48,7 @@ def build_loaders(plan: RunPlan, ctx, seed: int) -> Loaders:
     if loader == "hdf5":
         return build_reference_loaders(plan.data_dir, local_batch_size=hp.local_batch_size,
                                        workers=plan.run.max_inter_threads, rank=ctx.rank, world_size=ctx.world_size,
-                                       channels=hp.channels, pin_memory=plan.device.type == "cuda",
+                                       channels=hp.channels, pin_memory=accelerator.pin_memory(plan.device),
                                        validation_batch_size=plan.eval_batch_size)
     if loader == "dali":
         from fastcam.data.dali import build_dali_loaders as build

@@ -31,7 +31,7 @@ from mlperf_logging import mllog
 from mlperf_logging.mllog import constants
 
 from fastcam import schema
-from fastcam.config import Hyperparameters, Schedule
+from fastcam.config import SUBMISSION_STATUSES, Hyperparameters, Schedule
 from fastcam.errors import ConfigError, WriteError
 from fastcam.files import describe_write_failure
 
@@ -47,8 +47,7 @@ OPT_MAX_GRAD_NORM = "opt_max_grad_norm"
 
 BENCHMARK = "deepcam"
 DIVISIONS = (constants.CLOSED, constants.OPEN)
-# hpc_3.0.0/common.yaml: submission_status in [cloud, onprem, preview, research]
-STATUSES = (constants.CLOUD, constants.ONPREM, "preview", constants.RESEARCH)
+STATUSES = SUBMISSION_STATUSES  # hpc_3.0.0/common.yaml (declared with the config field)
 # FusedLAMB clips the global gradient norm at 1.0 (spec: "LAMB means NVIDIA
 # apex FusedLAMB semantics"); closed_deepcam_lamb.yaml requires exactly 1.0.
 LAMB_MAX_GRAD_NORM = 1.0

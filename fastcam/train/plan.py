@@ -15,14 +15,16 @@ from pathlib import Path
 
 import torch
 
+from fastcam import guard
+from fastcam.accelerator import resolve_device
 from fastcam.config import CACHED_LOADERS, Config
 from fastcam.data import layout
-from fastcam.train.execution import Execution, resolve_device, resolve_execution
+from fastcam.train.execution import Execution, resolve_execution
 
 
 @dataclass(frozen=True)
 class RunPlan:
-    config: Config
+    config: Config  # as resolved: the local batch derived from --global_batch_size
     device: torch.device
     execution: Execution
     rank: int
@@ -30,7 +32,7 @@ class RunPlan:
     global_batch_size: int  # local batch x ranks x gradient accumulation
     eval_batch_size: int  # validation samples per rank per step (the reference: 1)
     loader_workers: int  # the reference: min(max_inter_threads, local batch); staged: reader threads
-    input_dtype: torch.dtype  # what the loader delivers (the stage cache holds float16)
+    input_dtype: torch.dtype  # what the loader delivers (the stage cache: --stage_dtype)
     data_dir: Path
     train_samples: int  # files in the whole training set (the MLPerf train_samples)
     validation_samples: int
@@ -48,6 +50,9 @@ class RunPlan:
         return self.config.run
 
 
+STAGE_TORCH_DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
+
+
 def reader_threads(max_inter_threads: int) -> int:
     """The stage-cache readers' threads: ``max_inter_threads`` (the loader
     workers, a mutable setting), at least 2."""
@@ -60,7 +65,9 @@ def log_path_for(config: Config) -> Path:
 
 def stage_root_for(config: Config, rank: int, world_size: int) -> Path:
     base = Path(config.run.stage_dir) if config.run.stage_dir else Path(config.run.output_dir) / "staged"
-    return base / f"rank{rank:05d}-of-{world_size:05d}"
+    # A float32 cache beside a float16 one, not over it: runs of both kinds share a stage_dir.
+    suffix = "" if config.optimizations.stage_dtype == "fp16" else f"-{config.optimizations.stage_dtype}"
+    return base / f"rank{rank:05d}-of-{world_size:05d}{suffix}"
 
 
 def resolve_plan(config: Config, ctx, device: torch.device | None = None,
@@ -69,6 +76,8 @@ def resolve_plan(config: Config, ctx, device: torch.device | None = None,
     config's (or the cached default data set when it names none)."""
     from fastcam.data.reader import sample_shape
 
+    # A fixed global batch becomes this world size's local batch here, once.
+    config = guard.resolve_global_batch(config, ctx.world_size)
     hp, run = config.hyperparameters, config.run
     device = device if device is not None else resolve_device(run.device, ctx.local_rank)
     execution = resolve_execution(config, device)
@@ -90,7 +99,7 @@ def resolve_plan(config: Config, ctx, device: torch.device | None = None,
         eval_batch_size=config.optimizations.local_batch_size_validation or hp.local_batch_size,
         loader_workers=reader_threads(run.max_inter_threads) if cached else min(run.max_inter_threads,
                                                                                  hp.local_batch_size),
-        input_dtype=torch.float16 if cached else torch.float32,
+        input_dtype=STAGE_TORCH_DTYPES[config.optimizations.stage_dtype] if cached else torch.float32,
         data_dir=data_dir, train_samples=len(train_files), validation_samples=len(validation_files),
         sample_shape=(height, width), steps_per_epoch=per_rank_batches // hp.gradient_accumulation_frequency,
         log_path=log_path_for(config),

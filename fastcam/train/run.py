@@ -32,20 +32,18 @@ from pathlib import Path
 
 import torch
 
-from fastcam import distributed, files, guard
+from fastcam import accelerator, distributed, files, guard
 from fastcam import logkeys as K
 from fastcam.config import Config
 from fastcam.errors import CheckpointError, CollectiveTimeoutError, ConfigError
 from fastcam.train import checkpoint, mlperf
 from fastcam.train.callbacks import Checkpointer, ConsoleLine, MLPerfRecorder, move_aside
-from fastcam.train.execution import resolve_device
 from fastcam.train.inputs import build_loaders, stage_inputs
 from fastcam.train.optim import optimizer_implementation
 from fastcam.train.plan import RunPlan, resolve_plan
 from fastcam.train.progress import ProgressBar
 from fastcam.train.trainer import Callback, EpochRecord, Trainer
 
-ORG = "fastcam"
 # Staging waits for the slowest rank's staging (before init_start): allow far
 # longer than NCCL's 10-minute default there (distributed.barrier's long_wait).
 PROCESS_GROUP_TIMEOUT = timedelta(hours=2)
@@ -74,14 +72,13 @@ def train(config: Config, callbacks: Sequence[Callback] = (), echo: Callable[[st
     """Run ``config`` to its target or epoch budget. ``model_factory`` replaces
     the reference network (tests of the loop mechanics use a small one)."""
     guard.check(config)
-    device = resolve_device(config.run.device)
+    device = accelerator.resolve_device(config.run.device)
     timeout = collective_timeout()
     ctx = distributed.init_distributed(config.run.wireup_method, device.type, timeout=timeout,
                                        wait_timeout=PROCESS_GROUP_TIMEOUT)
     try:
         plan = resolve_plan(config, ctx)
-        if plan.device.type == "cuda":
-            torch.cuda.set_device(plan.device)  # an explicit cuda:K must also be the current device
+        accelerator.set_current(plan.device)  # an explicit cuda:K / xpu:K must also be the current device
         return _run(plan, ctx, tuple(callbacks), echo, model_factory)
     except RuntimeError as err:
         if not distributed.is_timeout(err):
@@ -125,8 +122,9 @@ def _run(plan: RunPlan, ctx, callbacks, echo, model_factory) -> TrainResult:
     try:
         division = "open" if config.open_division else "closed"
         mlperf.log_events(logger, mlperf.submission_events(
-            distributed.describe_platform(ctx, plan.device), ORG, division, "onprem",
-            ctx.num_nodes, ctx.local_size if plan.device.type == "cuda" else 0))
+            run.submission_platform or distributed.describe_platform(ctx, plan.device), run.submission_org,
+            division, run.submission_status, ctx.num_nodes,
+            accelerator.accelerators_per_node(plan.device, ctx.local_size)))
         stage_inputs(plan, ctx, logger, say)
         logger.start(K.INIT_START)
         logger.event(K.CACHE_CLEAR, True)
@@ -148,7 +146,7 @@ def _run(plan: RunPlan, ctx, callbacks, echo, model_factory) -> TrainResult:
             seconds = trainer.warm_up()
             say(f"warm-up (compile/autotune) took {seconds:.1f} s, outside the timed region")
             logger.event(K.FASTCAM_WARMUP_SECONDS, round(seconds, 3))
-        mlperf.log_events(logger, [
+        mlperf.log_events(logger, _precision_events(plan) + [
             (K.FASTCAM_MODE, config.mode), (K.FASTCAM_MAX_EPOCHS, run.max_epochs),
             (K.FASTCAM_TARGET_IOU, run.target_iou), (K.FASTCAM_LOADER, config.optimizations.loader),
             (K.FASTCAM_EXECUTION, {**plan.execution.switches(),
@@ -186,6 +184,16 @@ def _run(plan: RunPlan, ctx, callbacks, echo, model_factory) -> TrainResult:
                          plan.log_path, seed, last_ckpt, history, trainer.model)
     say(_summary(result, run.target_iou))
     return result
+
+
+def _precision_events(plan: RunPlan) -> list[tuple[str, object]]:
+    """``precision_mode`` (how the network computed), the stage cache's dtype
+    where one feeds the inputs, and the software that ran (issue 15)."""
+    precision = plan.execution.switches()["precision"]
+    events: list[tuple[str, object]] = [(K.PRECISION_MODE, K.PRECISION_MODES[precision])]
+    if plan.stage_root is not None:
+        events.append((K.FASTCAM_STAGE_DTYPE, plan.config.optimizations.stage_dtype))
+    return events + [(K.FASTCAM_SOFTWARE, accelerator.software_versions(plan.device))]
 
 
 def _seed_and_resume(run, ctx, hp):
