@@ -56,6 +56,11 @@ def check(config: Config) -> None:
         value, expected = getattr(given, name), getattr(required, name)
         if name in derived:
             continue
+        if name == "logging_frequency" and profile.per_step_logging:
+            # Step-time runs (esif-2026-05 Scenario 1) log every step in every run
+            # type; logging does not change the trajectory.
+            check_range(name, value, p)
+            continue
         if config.mode == "optimized" and profile.is_mutable(name):
             _check_mutable(profile, name, value, p)
         elif _differs(value, expected):

@@ -71,3 +71,40 @@ def test_an_unknown_profile_is_one_line(capsys):
     assert main(["train", "--rules", "esif-2099", "--print-config"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "esif-2099" in err[0]
+
+
+@pytest.mark.parametrize("name", names())
+def test_each_profiles_guard_refuses_its_fixed_parameters_precision_and_global_batch(name, monkeypatch):
+    profile = load(name)
+    monkeypatch.setattr(execution, "auto_precision", lambda device: "bf16")
+    # A fixed parameter changed in an optimized run.
+    fixed = profile.fixed[0]
+    value = getattr(profile.hyperparameters(), fixed)
+    changed = value + 1 if isinstance(value, int) else value * 10
+    with pytest.raises(GuardError, match=f"--{fixed} .* is not allowed in an optimized run under rules {name}"):
+        guard.check(optimized(name).replace(hyperparameters={fixed: changed}))
+    # A precision the baseline may not compute in.
+    refused = next(p for p in ("fp32", "fp16", "bf16") if p not in profile.precision["baseline"]) \
+        if len(profile.precision["baseline"]) < 3 else None
+    if refused is not None:
+        with pytest.raises(GuardError, match=f"--precision {refused} is not allowed in a baseline run"):
+            guard.check(baseline(name).replace(optimizations={"precision": refused}))
+    # The global batch: the profile's fixed one, or the baseline's local batch x ranks.
+    if profile.global_batch_size is not None:
+        with pytest.raises(GuardError, match=f"fixes the global batch at {profile.global_batch_size}"):
+            guard.check(baseline(name).replace(run={"global_batch_size": profile.global_batch_size // 2}))
+    else:
+        local = profile.baseline["local_batch_size"]
+        config = baseline(name).replace(run={"global_batch_size": local * 4})
+        assert guard.resolve_global_batch(config, 4).hyperparameters.local_batch_size == local
+        with pytest.raises(GuardError, match=f"keeps local batch {local}"):
+            guard.resolve_global_batch(config, 2)
+
+
+def test_per_step_logging_only_where_the_profile_allows_it():
+    with pytest.raises(GuardError, match="--logging_frequency 1 is not allowed in a baseline run"):
+        guard.check(baseline().replace(hyperparameters={"logging_frequency": 1}))
+    # esif-2026-05 Scenario 1 times steps with per-step logging, baseline runs included.
+    step_timing = baseline("esif-2026-05").replace(hyperparameters={"logging_frequency": 1},
+                                                   optimizations={"precision": "bf16"})
+    guard.check(step_timing)
