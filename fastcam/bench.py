@@ -8,9 +8,10 @@ through the same plan and Trainer that ``fastcam train`` runs.
 
 Parts (``--parts``, default all):
 
-- ``step``: ``Trainer.train_step`` on synthetic tensors (samples/s, ms/step,
-  peak memory, TFLOP/s from 1.97 TFLOP per 768x1152 sample scaled by area,
-  warm-up seconds, the optimizer implementation, host reads per step);
+- ``step``: ``Trainer.train_step`` on synthetic tensors, the modes' steps
+  interleaved, median ms per step (fastcam.bench_step: why), samples/s, peak
+  memory, TFLOP/s from 1.97 TFLOP per 768x1152 sample scaled by area, warm-up
+  seconds, the optimizer implementation, host reads per step;
 - ``eval``: ``Trainer.evaluate`` at the plan's validation batch (samples/s);
 - ``loader``: the reference HDF5 reader, the staged loader and DALI (after
   staging, timed separately), no training;
@@ -31,8 +32,6 @@ import time
 from pathlib import Path
 
 BENCH_SCHEMA = 2
-FLOP_PER_FULL_SAMPLE = 1.97e12  # forward + backward, 768x1152 (shared/spec/model.md)
-FULL_AREA = 768 * 1152
 PARTS = ("step", "eval", "loader", "epoch")
 MODES = ("baseline", "optimized")
 
@@ -103,9 +102,15 @@ def measure(args, parts, configs) -> dict:
     ctx = init_distributed("single", device.type)
     with tempfile.TemporaryDirectory(prefix="fastcam-bench-") as tmp:
         data = Path(args.data) if args.data else _synthesize(Path(tmp) / "data", args, batch)
+        configs = {mode: config.replace(run={"stage_dir": str(Path(tmp) / f"staged-{mode}")})
+                   for mode, config in configs.items()}
+        if "step" in parts:
+            from fastcam.bench_step import bench_steps
+
+            results["step"] = bench_steps(configs, ctx, device, data, args, _trainer, _sync, _reset_peak, _peak_gb)
+            _write(args.json, results)
         for mode, config in configs.items():
-            config = config.replace(run={"stage_dir": str(Path(tmp) / f"staged-{mode}")})
-            for part in ("step", "eval", "epoch"):
+            for part in ("eval", "epoch"):
                 if part in parts:
                     results[part][mode] = PART_FUNCTIONS[part](config, ctx, device, data, args)
                     _write(args.json, results)
@@ -123,34 +128,6 @@ def _trainer(config, ctx, device, data):
 
     torch.manual_seed(0)
     return Trainer(resolve_plan(config, ctx, device, data_dir=data), ctx)
-
-
-def _bench_step(config, ctx, device, data, args) -> dict:
-    from fastcam.hostsync import SyncCount
-    from fastcam.train.optim import optimizer_implementation
-
-    trainer = _trainer(config, ctx, device, data)
-    _reset_peak(device)
-    warmup_s = trainer.warm_up() if trainer.execution.warm_up else None
-    inputs, labels, _ = trainer.synthetic_batch(config.hyperparameters.local_batch_size)
-    for _ in range(args.warmup):
-        trainer.train_step(inputs, labels)
-    with SyncCount(device) as syncs:  # counted apart: the dispatch mode slows the step
-        trainer.train_step(inputs, labels)
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        trainer.train_step(inputs, labels)
-    _sync(device)
-    seconds = time.perf_counter() - start
-    batch = config.hyperparameters.local_batch_size
-    samples_per_s = args.steps * batch / seconds
-    flop = FLOP_PER_FULL_SAMPLE * args.height * args.width / FULL_AREA
-    return {"samples_per_s": samples_per_s, "ms_per_step": 1000 * seconds / args.steps,
-            "peak_memory_gb": _peak_gb(device), "tflops": samples_per_s * flop / 1e12, "warmup_s": warmup_s,
-            "host_syncs_per_step": syncs.count, "host_sync_method": syncs.method,
-            "optimizer_implementation": optimizer_implementation(trainer.optimizer),
-            "execution": trainer.execution.switches()}
 
 
 def _bench_eval(config, ctx, device, data, args) -> dict:
@@ -188,7 +165,7 @@ def _bench_epoch(config, ctx, device, data, args) -> dict:
             "loader": config.optimizations.loader}
 
 
-PART_FUNCTIONS = {"step": _bench_step, "eval": _bench_eval, "epoch": _bench_epoch}
+PART_FUNCTIONS = {"eval": _bench_eval, "epoch": _bench_epoch}
 
 
 def _synthesize(root: Path, args, batch: int) -> Path:
@@ -250,7 +227,7 @@ def _bench_loaders(config, ctx, device, data: Path, staged_root: Path, args) -> 
 
 def format_table(r: dict) -> str:
     lines = [f"fastcam bench on {r['device']} (torch {r['torch']}), {r['height']}x{r['width']}, "
-             f"local batch {r['batch_size']}, {r['steps']} timed steps",
+             f"local batch {r['batch_size']}, {r['steps']} timed steps (step: median, modes interleaved)",
              "", "| part | variant | samples/s | ms/step | peak GB | TFLOP/s | notes |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for mode, m in r["step"].items():

@@ -2,6 +2,9 @@
 
 import json
 
+import pytest
+import torch
+
 from fastcam.cli import main
 
 
@@ -22,8 +25,9 @@ def test_bench_cpu_small_prints_table_and_writes_json(tmp_path, capsys):
     flop = 1.97e12 * 32 * 48 / (768 * 1152)
     for mode in ("baseline", "optimized"):
         step = r["step"][mode]
-        assert step["samples_per_s"] > 0
+        assert step["samples_per_s"] > 0 and step["timing"] == "median of interleaved steps"
         assert abs(step["ms_per_step"] - 1000 * 2 / step["samples_per_s"]) < 1e-6 * step["ms_per_step"]
+        assert step["min_ms_per_step"] <= step["ms_per_step"] and step["mean_ms_per_step"] > 0
         assert abs(step["tflops"] - step["samples_per_s"] * flop / 1e12) < 1e-9
         assert step["peak_memory_gb"] > 0
         assert r["epoch"][mode]["samples_per_s"] > 0
@@ -49,3 +53,41 @@ def test_bench_rejects_bad_options(tmp_path, capsys):
     assert main(["bench", "--device", "cpu", "--local_batch_size", "0", "--json", str(tmp_path / "x.json")]) == 2
     assert "local_batch_size" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
+
+
+def test_the_modes_steps_alternate_and_the_median_is_reported():
+    from types import SimpleNamespace
+
+    from fastcam import bench_step
+
+    calls, durations = [], {"baseline": iter([0.03, 0.01, 0.02]), "optimized": iter([0.001, 0.005, 0.003])}
+
+    class FakeTrainer:
+        def __init__(self, mode):
+            self.mode = mode
+            self.execution = SimpleNamespace(warm_up=False, switches=lambda: {"mode": mode})
+            self.optimizer = None
+
+        def synthetic_batch(self, batch):
+            return None, None, None
+
+        def train_step(self, inputs, labels):
+            calls.append(self.mode)
+            if len(calls) > 2:  # past the two untimed host-read counting steps
+                clock[0] += next(durations[self.mode])
+
+    clock = [0.0]
+    configs = {m: SimpleNamespace(hyperparameters=SimpleNamespace(local_batch_size=2)) for m in durations}
+    args = SimpleNamespace(steps=3, warmup=0, height=32, width=48)
+    patch = pytest.MonkeyPatch()
+    patch.setattr(bench_step.time, "perf_counter", lambda: clock[0])
+    patch.setattr("fastcam.train.optim.optimizer_implementation", lambda opt: "fake")
+    try:
+        out = bench_step.bench_steps(configs, None, torch.device("cpu"), None, args, lambda c, *a: FakeTrainer(
+            next(m for m, cfg in configs.items() if cfg is c)), lambda d: None, lambda d: None, lambda d: 0.0)
+    finally:
+        patch.undo()
+    assert calls[2:] == ["baseline", "optimized"] * 3  # interleaved, not one mode's steps after the other's
+    assert out["baseline"]["ms_per_step"] == pytest.approx(20.0)  # the median of 30, 10, 20 ms
+    assert out["optimized"]["min_ms_per_step"] == pytest.approx(1.0)
+    assert out["optimized"]["mean_ms_per_step"] == pytest.approx(3.0)
