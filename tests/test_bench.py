@@ -5,10 +5,14 @@ import json
 import pytest
 import torch
 
+from conftest import small_network
 from fastcam.cli import main
+from fastcam.train import trainer
 
 
-def test_bench_cpu_small_prints_table_and_writes_json(tmp_path, capsys):
+def test_bench_cpu_small_prints_table_and_writes_json(tmp_path, capsys, monkeypatch):
+    # The bench's mechanics with the small test network (the reference network's speed is RESULTS.md's).
+    monkeypatch.setattr(trainer, "build_model", lambda *args: small_network())
     out = tmp_path / "bench.json"
     # train's flag names (issue 12): --local_batch_size, --max_inter_threads.
     rc = main(["bench", "--device", "cpu", "--height", "32", "--width", "48", "--local_batch_size", "2",

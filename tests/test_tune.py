@@ -23,11 +23,12 @@ import optuna
 import pytest
 import yaml
 
+from conftest import small_network
 from fastcam import guard, schema
 from fastcam.cli import build_parser, main
 from fastcam.config import Config, Hyperparameters, baseline, optimized
 from fastcam.errors import ConfigError, FastcamError, GuardError
-from fastcam.train import EpochRecord
+from fastcam.train import EpochRecord, trainer
 from fastcam.train.cli import parse_train_config
 from fastcam.tuning import heartbeat, objective, params
 from fastcam.tuning import space as sp
@@ -309,16 +310,18 @@ def _states(study: optuna.Study) -> dict[str, int]:
 
 
 @pytest.mark.slow
-def test_tune_prunes_writes_results_and_best_yaml_replays(tune_data, tmp_path, capsys):
-    # End to end on the reference network. The recipes (enqueued first, their learning rates kept although
-    # outside this range) complete; the sampled trial has a learning rate that makes the loss NaN in its first
-    # epoch and must be pruned.
+def test_tune_prunes_writes_results_and_best_yaml_replays(tune_data, tmp_path, capsys, monkeypatch):
+    # End to end through the command line, with the small test network in place of the reference one
+    # (the study, the pruning and the replay are under test, not the network). The recipes (enqueued
+    # first, their learning rates kept although outside this range) complete; the sampled trial has a
+    # learning rate that makes the loss NaN in its first epoch and must be pruned.
     space = tmp_path / "space.yaml"
     space.write_text(yaml.safe_dump({"parameters": {
         "optimizer": {"choices": ["Adam", "AdamW"]},
         "start_lr": {"low": 1e29, "high": 1e30, "log": True},
         "weight_decay": {"low": 1e-3, "high": 1e-1, "log": True}}}))
     out = tmp_path / "out"
+    monkeypatch.setattr(trainer, "build_model", lambda *args: small_network())
     assert main(["tune", *_flags(tune_data, out, 3, "--space", str(space), "--pruner_startup_trials", "2",
                                  "--pruner_warmup_epochs", "0")]) == 0
     printed = capsys.readouterr().out
