@@ -54,6 +54,16 @@ def _api_for(device: torch.device) -> ModuleType | None:
     return api if current is not None and current.type == device.type else None
 
 
+def _function(device: torch.device, name: str, module_name: str | None = None):
+    """torch.accelerator's ``name`` where torch.accelerator serves ``device`` and
+    has it, else the device module's (torch.cuda / torch.xpu) ``module_name``
+    (default: the same name)."""
+    api = _api_for(device)
+    if api is not None and hasattr(api, name):
+        return getattr(api, name)
+    return getattr(device_module(device.type), module_name or name)
+
+
 def device_module(device_type: str) -> ModuleType | None:
     """torch.cuda / torch.xpu, or None where this torch has no such module."""
     return getattr(torch, device_type, None) if device_type in ACCELERATOR_TYPES else None
@@ -144,19 +154,14 @@ def synchronize(device: torch.device) -> None:
     """Wait for the device's queued work (nothing to wait for on the CPU)."""
     if device.type == "cpu":
         return
-    api = _api_for(device)
-    (api or device_module(device.type)).synchronize(device)
+    _function(device, "synchronize")(device)
 
 
 def reset_peak_memory(device: torch.device) -> None:
     """Restart the device's peak-memory count (the CPU's peak resident set cannot be reset)."""
     if device.type == "cpu":
         return
-    api = _api_for(device)
-    if api is not None and hasattr(api, "reset_peak_memory_stats"):
-        api.reset_peak_memory_stats(device)
-    else:
-        device_module(device.type).reset_peak_memory_stats(device)
+    _function(device, "reset_peak_memory_stats")(device)
 
 
 def peak_memory_bytes(device: torch.device) -> int | None:
@@ -171,10 +176,7 @@ def peak_memory_bytes(device: torch.device) -> int | None:
         except (OSError, ValueError):
             return None
         return int(peak if sys.platform == "darwin" else peak * 1024)  # bytes on macOS, KiB on Linux
-    api = _api_for(device)
-    if api is not None and hasattr(api, "max_memory_allocated"):
-        return int(api.max_memory_allocated(device))
-    return int(device_module(device.type).max_memory_allocated(device))
+    return int(_function(device, "max_memory_allocated")(device))
 
 
 def cpu_model() -> str:
@@ -214,11 +216,7 @@ def set_current(device: torch.device) -> None:
     through torch.accelerator.set_device_index); nothing on the CPU."""
     if device.type == "cpu":
         return
-    api = _api_for(device)
-    if api is not None and hasattr(api, "set_device_index"):
-        api.set_device_index(device)
-    else:
-        device_module(device.type).set_device(device)
+    _function(device, "set_device_index", "set_device")(device)
 
 
 def current_index(device: torch.device) -> int:
@@ -226,10 +224,7 @@ def current_index(device: torch.device) -> int:
     barrier device ids)."""
     if device.index is not None:
         return device.index
-    api = _api_for(device)
-    if api is not None and hasattr(api, "current_device_index"):
-        return api.current_device_index()
-    return device_module(device.type).current_device()
+    return _function(device, "current_device_index", "current_device")()
 
 
 def accelerators_per_node(device: torch.device, local_size: int) -> int:

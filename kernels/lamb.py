@@ -45,7 +45,7 @@ from torch import Tensor
 
 from fastcam.errors import ConfigError
 from fastcam.kernels import lamb_kernels as K
-from fastcam.train.lamb import STEP_DTYPE, Lamb
+from fastcam.train.lamb import STEP_DTYPE, Lamb, is_dense, run_closure
 
 _TRITON_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 _REDUCE_BLOCK = 1024  # tile of the single-program reductions over chunk sums
@@ -103,10 +103,7 @@ class TritonLamb(Lamb):
     def step(  # type: ignore[override]
         self, closure: Callable[[], float] | None = None
     ) -> float | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = run_closure(closure)
         grad_scale, found_inf = self.take_amp_state()
         entries = [(i, p) for i, g in enumerate(self.param_groups) for p in g["params"]
                    if p.grad is not None]
@@ -322,17 +319,7 @@ def _check_params(params: list[Tensor]) -> torch.device:
     for p in params:
         if p.dtype not in _TRITON_DTYPES:
             raise ConfigError(f"TritonLamb: parameters must be float32, float16 or bfloat16, got {p.dtype}")
-        if not _is_dense(p):
+        if not is_dense(p):
             raise ConfigError(f"TritonLamb: parameter of shape {tuple(p.shape)} and strides "
                               f"{p.stride()} is not dense in memory")
     return device
-
-
-def _is_dense(t: Tensor) -> bool:
-    """Elements fill one contiguous range in some dimension order (any memory format)."""
-    expected = 1
-    for stride, size in sorted((s, n) for s, n in zip(t.stride(), t.shape) if n != 1):
-        if stride != expected:
-            return False
-        expected *= size
-    return True

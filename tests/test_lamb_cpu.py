@@ -5,8 +5,6 @@ undecayed group, a GradScaler with overflow steps, checkpoints both ways."""
 
 from __future__ import annotations
 
-import io
-
 import pytest
 import torch
 from lamb_cases import (
@@ -14,6 +12,7 @@ from lamb_cases import (
     OVERFLOW_STEPS,
     ZERO_START,
     assert_same_state,
+    checkpoint_round_trip,
     grads_for,
     groups_of,
     make_params,
@@ -90,27 +89,7 @@ def test_grad_scaler_overflow_steps_are_skipped_like_the_reference() -> None:
 
 
 def test_checkpoints_move_between_fused_and_foreach_lamb() -> None:
-    params, ref_params = make_params(), make_params()
-    ours = FusedCpuLamb(groups_of(params), lr=1e-3)
-    for step in range(2):
-        for p, g in zip(params, grads_for(step)):
-            p.grad = g
-        ours.step()
-    buffer = io.BytesIO()
-    torch.save(ours.state_dict(), buffer)
-    buffer.seek(0)
-    with torch.no_grad():
-        for p, q in zip(params, ref_params):
-            q.copy_(p)
-    ref = Lamb(groups_of(ref_params), lr=1e-3)
-    ref.load_state_dict(torch.load(buffer, weights_only=True))
-    resumed = FusedCpuLamb(groups_of(params), lr=1e-3)
-    resumed.load_state_dict(ours.state_dict())
-    for step in range(2, 4):
-        for p, q, g in zip(params, ref_params, grads_for(step)):
-            p.grad, q.grad = g.clone(), g.clone()
-        resumed.step()
-        ref.step()
+    resumed, ref, params, ref_params = checkpoint_round_trip(lambda groups: FusedCpuLamb(groups, lr=1e-3))
     assert_same_state(resumed, ref, params, ref_params)
 
 

@@ -11,7 +11,6 @@ and several chunks.
 from __future__ import annotations
 
 import importlib
-import io
 import subprocess
 import sys
 import textwrap
@@ -24,6 +23,7 @@ from lamb_cases import (
     ZERO_START,
     HostReads,
     assert_same_state,
+    checkpoint_round_trip,
     grads_for,
     groups_of,
     make_params,
@@ -174,31 +174,8 @@ def test_no_host_reads_in_triton_launcher(kernels) -> None:
 
 
 def test_state_dict_moves_between_triton_and_torch_lamb(kernels) -> None:
-    params, ref_params = make_params(), make_params()
-    ours = kernels.TritonLamb(groups_of(params), lr=1e-3, chunk_size=CHUNK, block_size=BLOCK)
-    for step in range(2):
-        for p, g in zip(params, grads_for(step)):
-            p.grad = g
-        ours.step()
-    buffer = io.BytesIO()
-    torch.save(ours.state_dict(), buffer)
-    buffer.seek(0)
-    with torch.no_grad():
-        for p, q in zip(params, ref_params):
-            q.copy_(p)
-    ref = Lamb(groups_of(ref_params), lr=1e-3)
-    ref.load_state_dict(torch.load(buffer, weights_only=True))
-    # ...and back: an int step (a checkpoint written before steps were tensors).
-    resumed = kernels.TritonLamb(groups_of(params), lr=1e-3, chunk_size=CHUNK, block_size=BLOCK)
-    state = ours.state_dict()
-    for group in state["param_groups"]:
-        group["step"] = int(group["step"])
-    resumed.load_state_dict(state)
-    for step in range(2, 4):
-        for p, q, g in zip(params, ref_params, grads_for(step)):
-            p.grad, q.grad = g.clone(), g.clone()
-        resumed.step()
-        ref.step()
+    resumed, ref, params, ref_params = checkpoint_round_trip(
+        lambda groups: kernels.TritonLamb(groups, lr=1e-3, chunk_size=CHUNK, block_size=BLOCK))
     assert_same_state(resumed, ref, params, ref_params)
     assert float(resumed.param_groups[1]["step"]) == 4
 

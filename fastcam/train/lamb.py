@@ -158,6 +158,10 @@ class Lamb(Optimizer):
         step (it deletes both after the step), or None each without a scaler."""
         return getattr(self, "grad_scale", None), getattr(self, "found_inf", None)
 
+    def gradients(self) -> list[Tensor]:
+        """Every gradient of every group (parameters without one left out)."""
+        return [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch's loader casts every floating state tensor to its parameter's
         dtype (Optimizer._process_value_according_to_param_policy), which would
@@ -178,15 +182,9 @@ class Lamb(Optimizer):
     def step(  # type: ignore[override]
         self, closure: Callable[[], float] | None = None
     ) -> float | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-
+        loss = run_closure(closure)
         grad_scale, found_inf = self.take_amp_state()
-        all_grads = [
-            p.grad for group in self.param_groups for p in group["params"] if p.grad is not None
-        ]
+        all_grads = self.gradients()
         if not all_grads:
             return loss
         clip = _clip_divisor(all_grads, self.defaults["max_grad_norm"], grad_scale)
@@ -217,6 +215,25 @@ class Lamb(Optimizer):
                 skip,
             )
         return loss
+
+
+def is_dense(t: Tensor) -> bool:
+    """Elements fill one contiguous range in some dimension order (any memory format):
+    what the Triton and the fused CPU LAMB need to walk a tensor's memory flat."""
+    expected = 1
+    for stride, size in sorted((s, n) for s, n in zip(t.stride(), t.shape) if n != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def run_closure(closure: Callable[[], float] | None) -> float | None:
+    """An optimizer step's closure, run with gradients enabled (None without one)."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
 
 
 def advance_step(group: dict[str, Any], device: torch.device, skip: Tensor | None) -> Tensor:

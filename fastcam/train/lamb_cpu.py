@@ -25,7 +25,7 @@ What is left is LAMB's own part, per tensor: ``u -= weight_decay * p`` (now
 ``u = -update``), the two norms, the trust ratio and ``p += lr * ratio * u``,
 all with tensor scalars (no host read). About 7 passes instead of 16.
 
-Scope: dense (row-major or channels-last) float32 CPU parameters (what the optimized CPU recipe trains; the kernel
+Scope: dense (any memory format) float32 CPU parameters (what the optimized CPU recipe trains; the kernel
 keeps moments in the parameter's dtype, so float16/bfloat16 parameters, whose
 moments :class:`Lamb` keeps in float32, stay on :class:`Lamb`), and groups
 with grad averaging (the ``lerp`` form), as apex's default and the benchmark
@@ -41,24 +41,17 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from fastcam.train.lamb import Lamb, _clip_divisor, advance_step
+from fastcam.train.lamb import Lamb, _clip_divisor, advance_step, is_dense, run_closure
 
 
 def fused_cpu_lamb_can_run(params: list[Tensor]) -> bool:
     """True when every parameter is a dense float32 CPU tensor (what the kernel takes)."""
     return (
         bool(params)
-        and all(p.device.type == "cpu" and p.dtype == torch.float32 and _dense(p)
+        and all(p.device.type == "cpu" and p.dtype == torch.float32 and is_dense(p)
                 for p in params)
         and hasattr(torch, "_fused_adamw_")
     )
-
-
-def _dense(t: Tensor) -> bool:
-    """Row-major or channels-last: its elements fill ``numel`` consecutive slots."""
-    return t.is_contiguous() or (
-        t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last)
-    ) or (t.dim() == 5 and t.is_contiguous(memory_format=torch.channels_last_3d))
 
 
 def _like(t: Tensor, p: Tensor) -> Tensor:
@@ -78,14 +71,9 @@ class FusedCpuLamb(Lamb):
     def step(  # type: ignore[override]
         self, closure: Callable[[], float] | None = None
     ) -> float | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = run_closure(closure)
         grad_scale, found_inf = self.take_amp_state()
-        all_grads = [
-            p.grad for group in self.param_groups for p in group["params"] if p.grad is not None
-        ]
+        all_grads = self.gradients()
         if not all_grads:
             return loss
         # The kernel reads both through float pointers.
